@@ -1,0 +1,318 @@
+"""Upload a batch file, create the batch, poll it to a terminal status, cancel and list batches.
+
+One poll loop (`poll`) serves both the file (`wait_for_file`) and the batch (`poll_batch`): an explicit
+set of terminal statuses, an interval that grows by `backoff` up to `max_interval` (or follows the
+server's `openai-poll-after-ms` hint), an overall `timeout`, and `sleep`/`clock` that tests replace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from batchkit.errors import JobError, PollTimeout
+from batchkit.progress import Reporter, make_reporter
+
+T = TypeVar("T")
+
+#: Every status after which a batch never changes again.
+TERMINAL_BATCH_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+#: File statuses after which waiting stops (`processed` is the good one).
+TERMINAL_FILE_STATUSES: frozenset[str] = frozenset({"processed", "error", "deleted"})
+
+TIMESTAMP_FIELDS: tuple[str, ...] = (
+    "created_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "expires_at",
+)
+
+
+def poll(
+    fetch: Callable[[], tuple[T, float | None]],
+    status_of: Callable[[T], str],
+    terminal: Iterable[str],
+    *,
+    interval: float = 1.0,
+    max_interval: float = 60.0,
+    backoff: float = 1.5,
+    timeout: float | None = 3600.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_update: Callable[[T, float], None] | None = None,
+    what: str = "object",
+    ids: Mapping[str, str | None] | None = None,
+) -> T:
+    """Call `fetch` until `status_of(result)` is in `terminal`; return that last result.
+
+    Args:
+        fetch: returns (object, server hint in seconds or None).
+        status_of: reads the status from the object.
+        terminal: statuses that end the loop.
+        interval: first wait between calls (seconds); multiplied by `backoff` after each call.
+        max_interval: cap on the wait.
+        timeout: overall limit in seconds (None: no limit); `PollTimeout` when it passes.
+        sleep, clock: replaceable for tests.
+        on_update: called with (object, elapsed seconds) after every fetch.
+        what, ids: used in the timeout message and carried by the `PollTimeout` (batch_id / file_id).
+    """
+    terminal_set = frozenset(terminal)
+    if interval <= 0 or max_interval <= 0 or backoff < 1:
+        raise ValueError("interval and max_interval must be > 0 and backoff >= 1")
+    start = clock()
+    wait = interval
+    while True:
+        obj, hint = fetch()
+        elapsed = clock() - start
+        if on_update is not None:
+            on_update(obj, elapsed)
+        status = status_of(obj)
+        if status in terminal_set:
+            return obj
+        delay = min(hint if hint and hint > 0 else wait, max_interval)
+        if timeout is not None and elapsed + delay > timeout:
+            raise PollTimeout(
+                f"Gave up waiting for {what} after {elapsed:.0f}s (timeout {timeout:.0f}s); last status "
+                f"{status!r}. Poll again later with a larger timeout, or cancel it.",
+                **(dict(ids) if ids else {}),
+            )
+        sleep(delay)
+        wait = min(wait * backoff, max_interval)
+
+
+def _hint_seconds(headers: Any) -> float | None:
+    value = headers.get("openai-poll-after-ms") if headers is not None else None
+    try:
+        return float(value) / 1000.0 if value else None
+    except ValueError:
+        return None
+
+
+def _is_azure(client: Any) -> bool:
+    import openai
+
+    return isinstance(client, openai.AzureOpenAI)
+
+
+def upload_file(client: Any, path: str | Path) -> Any:
+    """Upload a JSONL batch file with `purpose="batch"`; returns the SDK `FileObject`."""
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise JobError(f"No batch file at {file_path}: write it first (notebook 01 / write_jsonl).")
+    with file_path.open("rb") as handle:
+        return client.files.create(file=handle, purpose="batch")
+
+
+def wait_for_file(
+    client: Any,
+    file_id: str,
+    *,
+    interval: float = 1.0,
+    max_interval: float = 15.0,
+    backoff: float = 1.5,
+    timeout: float | None = 600.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_update: Callable[[Any, float], None] | None = None,
+) -> Any:
+    """Poll `files.retrieve` until the file is ready for a batch; returns the `FileObject`.
+
+    Ready means `processed` (Azure shows `pending`/`running` first). On OpenAI, whose file status is
+    deprecated, `uploaded` counts as ready too.
+
+    Raises:
+        JobError: the file ended in `error` or `deleted` (the message carries `status_details`).
+        PollTimeout: not ready within `timeout` seconds.
+    """
+    ready = {"processed"} if _is_azure(client) else {"processed", "uploaded"}
+
+    def fetch() -> tuple[Any, float | None]:
+        return client.files.retrieve(file_id), None
+
+    result = poll(
+        fetch,
+        lambda f: str(getattr(f, "status", None) or "processed"),
+        TERMINAL_FILE_STATUSES | ready,
+        interval=interval,
+        max_interval=max_interval,
+        backoff=backoff,
+        timeout=timeout,
+        sleep=sleep,
+        clock=clock,
+        on_update=on_update,
+        what=f"file {file_id}",
+        ids={"file_id": file_id},
+    )
+    status = str(getattr(result, "status", None) or "processed")
+    if status not in ready:
+        details = getattr(result, "status_details", None) or "no details given"
+        raise JobError(f"File {file_id} ended in status {status!r} ({details}); fix the file and upload it again.", file_id=file_id)
+    return result
+
+
+def create_batch(
+    client: Any,
+    input_file_id: str,
+    *,
+    endpoint: str = "/chat/completions",
+    completion_window: str = "24h",
+    metadata: Mapping[str, str] | None = None,
+) -> Any:
+    """Create a batch from an uploaded, processed file; returns the SDK `Batch` (usually `validating`).
+
+    `endpoint` must match the lines' `url`: `/chat/completions` on Azure and the local service,
+    `/v1/chat/completions` on OpenAI (`Connection.batch_url`).
+    """
+    kwargs: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": completion_window}
+    if metadata:
+        kwargs["metadata"] = dict(metadata)
+    return client.batches.create(**kwargs)
+
+
+def submit(client: Any, path: str | Path, *, endpoint: str = "/chat/completions", **wait_options: Any) -> Any:
+    """Upload `path`, wait until it is processed, create the batch; returns the new `Batch`."""
+    uploaded = upload_file(client, path)
+    wait_for_file(client, uploaded.id, **wait_options)
+    return create_batch(client, uploaded.id, endpoint=endpoint)
+
+
+def poll_batch(
+    client: Any,
+    batch_id: str,
+    *,
+    interval: float = 2.0,
+    max_interval: float = 60.0,
+    backoff: float = 1.5,
+    timeout: float | None = 24 * 3600.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    progress: str | Reporter | None = "auto",
+) -> Any:
+    """Poll a batch until it is `completed`, `failed`, `expired` or `cancelled`; returns the final `Batch`.
+
+    Args:
+        client: the SDK client (`Connection.client`).
+        batch_id: the batch to follow.
+        interval, max_interval, backoff: first wait, cap and growth factor (a server hint wins).
+        timeout: overall limit in seconds; `PollTimeout` (carrying `batch_id`) when it passes.
+        sleep, clock: replaceable for tests.
+        progress: "auto" (a widget in Jupyter, one line per change otherwise), "widget", "text",
+            None for silence, or an object with `update(batch, elapsed)` and `close()`.
+    """
+    reporter = make_reporter(progress)
+
+    def fetch() -> tuple[Any, float | None]:
+        raw = client.batches.with_raw_response.retrieve(batch_id)
+        return raw.parse(), _hint_seconds(raw.headers)
+
+    try:
+        return poll(
+            fetch,
+            lambda b: str(b.status),
+            TERMINAL_BATCH_STATUSES,
+            interval=interval,
+            max_interval=max_interval,
+            backoff=backoff,
+            timeout=timeout,
+            sleep=sleep,
+            clock=clock,
+            on_update=reporter.update if reporter else None,
+            what=f"batch {batch_id}",
+            ids={"batch_id": batch_id},
+        )
+    finally:
+        if reporter is not None:
+            reporter.close()
+
+
+def cancel_batch(client: Any, batch_id: str) -> Any:
+    """Ask the service to cancel a batch; returns the `Batch` (normally `cancelling`, later `cancelled`).
+
+    Raises:
+        JobError: the service refused (e.g. the batch is already finished); carries `batch_id`.
+    """
+    import openai
+
+    try:
+        return client.batches.cancel(batch_id)
+    except openai.APIStatusError as exc:
+        raise JobError(f"Cancel of {batch_id} refused (HTTP {exc.status_code}): {exc.message}", batch_id=batch_id) from exc
+
+
+def list_batches(client: Any, limit: int = 10) -> list[Any]:
+    """The most recent batches, newest first, at most `limit` (one page; no endless paging)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    page = client.batches.list(limit=limit)
+    return list(page.data)[:limit]
+
+
+def _iso(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def batch_details(batch: Any) -> pd.DataFrame:
+    """A two-column table (field, value) of a batch: status, ids, timestamps (UTC), counts, errors."""
+    completed, failed, total = _counts(batch)
+    rows: list[tuple[str, Any]] = [
+        ("id", batch.id),
+        ("status", batch.status),
+        ("endpoint", batch.endpoint),
+        ("completion_window", batch.completion_window),
+        ("input_file_id", batch.input_file_id),
+        ("output_file_id", batch.output_file_id or None),
+        ("error_file_id", batch.error_file_id or None),
+    ]
+    rows += [(name, _iso(getattr(batch, name, None))) for name in TIMESTAMP_FIELDS]
+    rows += [("requests total", total), ("requests completed", completed), ("requests failed", failed)]
+    rows.append(("errors", "; ".join(batch_errors(batch)) or None))
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+
+
+def batch_errors(batch: Any) -> list[str]:
+    """Batch-level errors (a failed validation) as `code (line N): message` strings."""
+    errors = getattr(batch, "errors", None)
+    data = getattr(errors, "data", None) or []
+    texts = []
+    for error in data:
+        line = f" (line {error.line})" if getattr(error, "line", None) not in (None, "") else ""
+        texts.append(f"{error.code}{line}: {error.message}")
+    return texts
+
+
+def _counts(batch: Any) -> tuple[int, int, int]:
+    from batchkit.progress import counts
+
+    return counts(batch)
+
+
+def batches_frame(batches: Iterable[Any]) -> pd.DataFrame:
+    """One row per batch: id, status, created (UTC), completed/failed/total."""
+    rows = []
+    for batch in batches:
+        completed, failed, total = _counts(batch)
+        rows.append(
+            {
+                "id": batch.id,
+                "status": batch.status,
+                "created_at": _iso(batch.created_at),
+                "completed": completed,
+                "failed": failed,
+                "total": total,
+            }
+        )
+    return pd.DataFrame(rows, columns=["id", "status", "created_at", "completed", "failed", "total"])
