@@ -7,6 +7,7 @@ One builder, `build_body`, makes the chat request body; it is used for every bat
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,15 +20,35 @@ Target = Literal["azure", "openai"]
 Rows = "pd.DataFrame | Sequence[Mapping[str, Any]]"
 
 
-def response_format(schema: Any, *, name: str = "response", target: Target = "azure") -> dict[str, Any]:
-    """The strict `response_format` for a JSON schema dict or a pydantic model class.
+def response_format(
+    schema: Any,
+    *,
+    name: str = "response",
+    target: Target = "azure",
+    convert: bool | None = None,
+) -> dict[str, Any]:
+    """The strict `response_format` block for a JSON schema dict or a pydantic model class.
 
-    Delegates to `batchkit.schema.response_format_for`, the single converter the service also uses.
+    Args:
+        schema: a JSON schema dict, or a pydantic model class.
+        name: `json_schema.name` (`^[a-zA-Z0-9_-]{1,64}$`).
+        target: `azure` or `openai` strict-mode rules for the conversion.
+        convert: make the schema strict with `batchkit.schema.to_strict_schema` (the converter the
+            service shares). Default: yes for a pydantic model; no for a dict, which is sent exactly
+            as written so that the pre-flight lint reports its problems instead of hiding them.
     """
-    from batchkit.schema import response_format_for
+    is_model = isinstance(schema, type) and hasattr(schema, "model_json_schema")
+    if convert is None:
+        convert = is_model
+    if convert or is_model:
+        from batchkit.schema import response_format_for
 
-    result = response_format_for(schema, name=name, target=target)
-    return dict(result)
+        return dict(response_format_for(schema, name, target=target))
+    if not isinstance(schema, Mapping):
+        raise AuthoringError(f"schema must be a JSON schema dict or a pydantic model class, not {type(schema).__name__}.")
+    if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
+        raise AuthoringError(f"Schema name {name!r} must be 1-64 letters, digits, '_' or '-'.")
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema), "strict": True}}
 
 
 def schema_fields(schema: Any) -> list[str]:
@@ -99,6 +120,7 @@ def build_requests(
     id_column: str = "custom_id",
     id_prefix: str = "task-",
     target: Target = "azure",
+    convert: bool | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Request lines `{custom_id, method, url, body}` for every row, in row order.
@@ -114,6 +136,7 @@ def build_requests(
         template: a `str.format` template filled from the row, e.g. `"Provide info about {building}"`.
         id_column: the column holding the custom_id; when absent, ids are `id_prefix` + row number.
         target: which service's strict-schema rules to apply (`azure` or `openai`).
+        convert: see `response_format` (default: convert pydantic models, send dicts as written).
         **options: extra body fields passed to `build_body` (e.g. `max_tokens`).
 
     Raises:
@@ -122,7 +145,7 @@ def build_requests(
     records = _records(rows)
     if not records:
         raise AuthoringError("No rows: a batch needs at least one request.")
-    fmt = response_format(schema, name=name, target=target)
+    fmt = response_format(schema, name=name, target=target, convert=convert)
     lines: list[dict[str, Any]] = []
     for index, record in enumerate(records):
         custom_id = str(record[id_column]) if id_column in record else f"{id_prefix}{index}"
@@ -263,10 +286,13 @@ def requests_frame(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["custom_id", "model", "prompt", "required"])
 
 
-def try_live(client: Any, body: Mapping[str, Any]) -> Any:
+def try_live(client: Any, body: Mapping[str, Any], *, model: str | None = None) -> Any:
     """Send one request body (from `build_body` or a batch line's `body`) as a live chat call.
 
-    Use a standard deployment: Azure Global Batch deployments refuse live calls.
-    Returns the SDK's `ChatCompletion`.
+    Azure Global Batch deployments refuse live calls: pass `model=` naming a standard deployment
+    there. Returns the SDK's `ChatCompletion`.
     """
-    return client.chat.completions.create(**dict(body))
+    request = dict(body)
+    if model:
+        request["model"] = model
+    return client.chat.completions.create(**request)

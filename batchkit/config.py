@@ -197,6 +197,24 @@ def resolve_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def load_settings(*, dotenv: bool = True) -> Settings:
+    """`resolve_settings` after reading the nearest `.env` (no client, no network, no service started).
+
+    Variables already set in the environment win over `.env`.
+    """
+    if dotenv:
+        _load_dotenv()
+    return resolve_settings(os.environ)
+
+
+def _load_dotenv() -> None:
+    from dotenv import find_dotenv, load_dotenv
+
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
 def service_answers(url: str, timeout: float = 1.0) -> bool:
     """True when something answers `GET {url}/healthz` with HTTP 200."""
     try:
@@ -283,11 +301,7 @@ def connect(
     """
     if env is None:
         if dotenv:
-            from dotenv import find_dotenv, load_dotenv
-
-            path = find_dotenv(usecwd=True)
-            if path:
-                load_dotenv(path, override=False)
+            _load_dotenv()
         env = os.environ
     if backend is not None:
         env = {**env, "BATCH_BACKEND": backend}

@@ -8,6 +8,7 @@ server's `openai-poll-after-ms` hint), an overall `timeout`, and `sleep`/`clock`
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -316,3 +317,23 @@ def batches_frame(batches: Iterable[Any]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["id", "status", "created_at", "completed", "failed", "total"])
+
+
+def write_run_record(path: str | Path, *, batch: Any, backend: str, input_file: str | None = None) -> Path:
+    """Save what notebook 03 needs to find the batch (`batch_id`, backend, input file) as JSON."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record = {"batch_id": batch.id, "status": batch.status, "backend": backend, "input_file": input_file}
+    target.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def read_run_record(path: str | Path) -> dict[str, Any]:
+    """Read a run record written by `write_run_record`; a missing file raises `JobError` saying what to run."""
+    source = Path(path)
+    if not source.is_file():
+        raise JobError(f"No run record at {source.name}: run notebook 02 first, or pass batch_id= to this notebook.")
+    record = json.loads(source.read_text(encoding="utf-8"))
+    if not record.get("batch_id"):
+        raise JobError(f"The run record {source.name} has no batch_id; run notebook 02 again.")
+    return record

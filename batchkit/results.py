@@ -107,6 +107,15 @@ def download_results(client: Any, batch: Any) -> ResultFiles:
     return result
 
 
+def download_input_lines(client: Any, batch: Any) -> list[dict[str, Any]]:
+    """The request lines of a batch, read back from its input file (ids in input order, schemas)."""
+    if isinstance(batch, str):
+        batch = client.batches.retrieve(batch)
+    if not getattr(batch, "input_file_id", None):
+        raise ResultsError(f"Batch {batch.id} has no input_file_id; pass the input table instead.")
+    return parse_jsonl(client.files.content(batch.input_file_id).content, source=f"input file {batch.input_file_id}")
+
+
 def _error_text(error: Any) -> str | None:
     if isinstance(error, Mapping):
         code = error.get("code")
@@ -330,17 +339,28 @@ def answer_table(frame: pd.DataFrame, fields: Sequence[str], *, id_label: str = 
     return frame[["custom_id", *fields]].rename(columns={"custom_id": id_label}).reset_index(drop=True)
 
 
+def _as_text(value: Any) -> Any:
+    """JSON text for anything but a string or a missing value (so a column has one type)."""
+    if value is None or isinstance(value, str) or (isinstance(value, float) and pd.isna(value)):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
 def save_results(frame: pd.DataFrame, folder: str | Path, stem: str = "results") -> tuple[Path, Path]:
     """Write the table as `<stem>.csv` and `<stem>.parquet` in `folder`; returns both paths.
 
-    Nested values (lists, objects) are stored as JSON text so that both formats keep them.
+    Nested values (lists, objects), and values in a column that mixes types (e.g. a number where the
+    schema wanted a string, in an `invalid_json` row), are stored as JSON text so both formats keep them.
     """
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     flat = frame.copy()
     for name in flat.columns:
-        if flat[name].map(lambda v: isinstance(v, (dict, list))).any():
-            flat[name] = flat[name].map(lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v)
+        if flat[name].dtype != object:
+            continue
+        kinds = {type(v) for v in flat[name] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        if len(kinds) > 1 or kinds & {dict, list}:
+            flat[name] = flat[name].map(_as_text)
     csv_path = target / f"{stem}.csv"
     parquet_path = target / f"{stem}.parquet"
     flat.to_csv(csv_path, index=False)

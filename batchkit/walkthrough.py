@@ -1,0 +1,118 @@
+"""`python -m batchkit walkthrough` (what `make run` calls): notebooks 01 -> 03 headless on the local service.
+
+Starts the local Batch service on a free port with a fresh data folder under `out/`, runs the three
+notebooks with papermill into `runs/` (the kernels see `BATCH_BACKEND=local` and the service's URL and
+key), prints the final results table and stops the service, also when a notebook fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from batchkit.config import DEFAULT_LOCAL_KEY, project_root
+
+NOTEBOOKS: tuple[str, ...] = ("01_author_requests.ipynb", "02_upload_and_poll.ipynb", "03_results_to_dataframe.ipynb")
+ANSWER_FIELDS: tuple[str, ...] = ("BuildingName", "HeightInFeet", "City", "Country")
+#: Variables cleared for the notebooks' kernels, so a developer's own keys never reach the local run.
+FOREIGN_SETTINGS: tuple[str, ...] = (
+    "AZURE_OPENAI_ENDPOINT",
+    "AZURE_OPENAI_API_ENDPOINT",
+    "AZURE_OPENAI_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_VERSION",
+    "BATCH_DEPLOYMENT",
+)
+
+
+def local_environment(base_url: str, api_key: str) -> dict[str, str]:
+    """The variables that point `connect()` at a running local service."""
+    return {"BATCH_BACKEND": "local", "LOCALBATCH_URL": base_url, "LOCALBATCH_API_KEY": api_key}
+
+
+def run_notebooks(
+    root: Path,
+    runs_dir: Path,
+    *,
+    parameters: dict[str, dict[str, object]] | None = None,
+    notebooks: Sequence[str] = NOTEBOOKS,
+) -> list[Path]:
+    """Execute `notebooks` (from `root/notebooks`) in order with papermill into `runs_dir`.
+
+    The kernels start in the notebooks folder and inherit this process's environment.
+    Raises papermill's `PapermillExecutionError` (naming the failing cell) when a notebook fails.
+    """
+    import papermill
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in notebooks:
+        target = runs_dir / name
+        papermill.execute_notebook(
+            str(root / "notebooks" / name),
+            str(target),
+            parameters=(parameters or {}).get(name, {}),
+            cwd=str(root / "notebooks"),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+        )
+        written.append(target)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the walkthrough; returns the exit code (0 when every notebook ran)."""
+    parser = argparse.ArgumentParser(prog="python -m batchkit walkthrough", description=__doc__)
+    parser.add_argument("--keep-service", action="store_true", help="leave the local service running at the end")
+    parser.add_argument("--runs", default="runs", help="folder for the executed notebooks (default: runs)")
+    args = parser.parse_args(list(argv or []))
+
+    from localbatch.launcher import start_service
+
+    root = project_root()
+    out_dir = root / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="localbatch-", dir=out_dir))
+    started = time.monotonic()
+    print(f"Starting the local Batch service (data in {data_dir.relative_to(root)}/) ...", flush=True)
+    handle = start_service(data_dir=data_dir, api_key=DEFAULT_LOCAL_KEY)
+    try:
+        for name in FOREIGN_SETTINGS:
+            os.environ.pop(name, None)
+        os.environ.update(local_environment(handle.base_url, handle.api_key))
+        print(f"Service at {handle.base_url}; running notebooks 01 -> 03 into {args.runs}/ ...", flush=True)
+        for path in run_notebooks(root, root / args.runs):
+            print(f"  ran {path.relative_to(root)}", flush=True)
+    except Exception as exc:  # report which notebook failed, then stop the service below
+        print(f"The walkthrough failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep_service:
+            print(f"The service keeps running at {handle.base_url} (pid {handle.pid}).")
+        else:
+            handle.stop()
+
+    import pandas as pd
+
+    from batchkit.results import answer_table
+
+    results = pd.read_parquet(out_dir / "results.parquet")
+    table = answer_table(results, [f for f in ANSWER_FIELDS if f in results.columns])
+    print()
+    print(table.to_string(index=False))
+    print()
+    counts = results["outcome"].value_counts().to_dict()
+    print(f"Outcomes: {counts}. Took {time.monotonic() - started:.0f}s. Full table: out/results.csv")
+    print("The local model is small: answers follow the schema, but facts may be wrong. Point .env at Azure for real answers.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""Authoring: rows + system message + schema -> request lines -> JSONL, with the pre-flight lint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+from batchkit import authoring
+from batchkit.errors import AuthoringError, LintError
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "You are an AI assistant that provides facts about tall buildings."
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "BuildingName": {"type": "string"},
+        "HeightInFeet": {"type": "string"},
+        "City": {"type": "string"},
+        "Country": {"type": "string"},
+    },
+    "required": ["BuildingName", "HeightInFeet", "City", "Country"],
+    "additionalProperties": False,
+}
+
+
+class BuildingInfo(BaseModel):
+    BuildingName: str
+    HeightInFeet: int | None = None
+
+
+def seed_rows() -> pd.DataFrame:
+    return pd.read_csv(ROOT / "data" / "buildings.csv")
+
+
+def test_seed_table_gives_the_seed_lines() -> None:
+    lines = authoring.build_requests(seed_rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch", name="building_info_schema")
+    assert [line["custom_id"] for line in lines] == ["task-0", "task-1", "task-2"]
+    first = lines[0]
+    assert set(first) == {"custom_id", "method", "url", "body"}
+    assert (first["method"], first["url"]) == ("POST", "/chat/completions")
+    assert first["body"] == {
+        "model": "gpt-4o-batch",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Provide info about the Empire State Building"},
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "building_info_schema", "schema": SCHEMA, "strict": True}},
+    }
+
+
+def test_records_template_generated_ids_and_options() -> None:
+    rows = [{"building": "Taipei 101"}, {"building": "Shanghai Tower"}]
+    lines = authoring.build_requests(
+        rows, system=SYSTEM, schema=SCHEMA, model="m", template="Provide info about {building}",
+        url="/v1/chat/completions", id_prefix="req-", max_tokens=200, temperature=None,
+    )
+    assert [line["custom_id"] for line in lines] == ["req-0", "req-1"]
+    assert lines[1]["body"]["messages"][1]["content"] == "Provide info about Shanghai Tower"
+    assert lines[0]["url"] == "/v1/chat/completions"
+    assert lines[0]["body"]["max_tokens"] == 200 and "temperature" not in lines[0]["body"]
+
+
+def test_pydantic_model_is_made_strict() -> None:
+    fmt = authoring.response_format(BuildingInfo, name="info")
+    schema = fmt["json_schema"]["schema"]
+    assert fmt["json_schema"]["strict"] is True and fmt["json_schema"]["name"] == "info"
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["BuildingName", "HeightInFeet"]
+    assert authoring.schema_fields(BuildingInfo) == ["BuildingName", "HeightInFeet"]
+    assert authoring.schema_fields(fmt) == ["BuildingName", "HeightInFeet"]
+    assert authoring.schema_fields(SCHEMA) == ["BuildingName", "HeightInFeet", "City", "Country"]
+
+
+def test_one_body_builder_for_batch_lines_and_live_calls() -> None:
+    fmt = authoring.response_format(SCHEMA, name="building_info_schema")
+    body = authoring.build_body(model="gpt-4o-batch", system=SYSTEM, user="Provide info about the Burj Khalifa", response_format=fmt)
+    lines = authoring.build_requests(seed_rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch", name="building_info_schema")
+    assert lines[2]["body"] == body
+
+
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "match"),
+    [
+        ([{"custom_id": "a", "prompt": "x"}, {"custom_id": "a", "prompt": "y"}], {}, "'a' is used by rows 0 and 1"),
+        ([{"custom_id": "a", "text": "x"}], {}, "no column 'prompt'"),
+        ([{"custom_id": "a", "prompt": "  "}], {}, "prompt is empty"),
+        ([{"custom_id": "a", "prompt": None}], {}, "prompt is empty"),
+        ([{"building": "x"}], {"template": "About {name}"}, "'name', which is not a column"),
+        ([], {}, "No rows"),
+        ([["not", "a", "dict"]], {}, "not a mapping"),
+        ("a string", {}, "DataFrame or a list"),
+        ([{"prompt": "x"}], {"name": "bad name!"}, "1-64 letters"),
+        ([{"prompt": "x"}], {"model": ""}, "model"),
+    ],
+)
+def test_bad_input_names_the_row(rows: object, kwargs: dict, match: str) -> None:
+    options = {"system": SYSTEM, "schema": SCHEMA, "model": "m", **kwargs}
+    with pytest.raises(AuthoringError, match=match):
+        authoring.build_requests(rows, **options)
+
+
+def test_jsonl_bytes_one_line_per_request_utf8_no_bom(tmp_path: Path) -> None:
+    rows = [{"custom_id": "é-1", "prompt": "Tour Eiffel — Paris"}, {"custom_id": "b", "prompt": "two\nlines"}]
+    lines = authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m")
+    path = authoring.write_jsonl(lines, tmp_path / "sub" / "b.jsonl", check=False)
+    data = path.read_bytes()
+    assert not data.startswith(b"\xef\xbb\xbf")
+    assert data.count(b"\n") == 2 and data.endswith(b"\n")
+    assert "Tour Eiffel — Paris".encode() in data
+    assert authoring.read_jsonl(path) == lines
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n', encoding="utf-8")
+    with pytest.raises(AuthoringError, match="bad.jsonl line 2"):
+        authoring.read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_write_jsonl_lints_and_refuses_a_failing_file(tmp_path: Path) -> None:
+    good = authoring.build_requests(seed_rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch", name="building_info_schema")
+    assert [f for f in authoring.lint_requests(good) if f.severity == "error"] == []
+    written = authoring.write_jsonl(good, tmp_path / "good.jsonl")
+    assert len(written.read_bytes().splitlines()) == 3
+
+    broken = dict(SCHEMA, required=["BuildingName"])
+    del broken["additionalProperties"]
+    bad = authoring.build_requests(seed_rows(), system=SYSTEM, schema=broken, model="gpt-4o-batch", name="building_info_schema")
+    with pytest.raises(LintError) as info:
+        authoring.write_jsonl(bad, tmp_path / "bad.jsonl")
+    assert not (tmp_path / "bad.jsonl").exists()
+    assert info.value.findings and "additionalProperties" in str(info.value)
+    # converting makes the same schema strict, and then it passes
+    fixed = authoring.build_requests(seed_rows(), system=SYSTEM, schema=broken, model="gpt-4o-batch", convert=True)
+    authoring.write_jsonl(fixed, tmp_path / "fixed.jsonl")
+
+
+def test_duplicate_ids_checked_again_at_write(tmp_path: Path) -> None:
+    lines = [{"custom_id": "x", "body": {}}, {"custom_id": "x", "body": {}}]
+    with pytest.raises(AuthoringError, match="'x'"):
+        authoring.write_jsonl(lines, tmp_path / "d.jsonl", check=False)
+    with pytest.raises(AuthoringError, match="no custom_id"):
+        authoring.check_unique_ids([{"custom_id": ""}])
+
+
+def test_requests_frame_previews_the_lines() -> None:
+    lines = authoring.build_requests(seed_rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch")
+    frame = authoring.requests_frame(lines)
+    assert list(frame.columns) == ["custom_id", "model", "prompt", "required"]
+    assert frame.loc[1, "prompt"] == "Provide info about the Shard in London"
+    assert frame.loc[0, "required"] == "BuildingName, HeightInFeet, City, Country"
