@@ -217,8 +217,9 @@ def _load_dotenv() -> None:
 
 def service_answers(url: str, timeout: float = 1.0) -> bool:
     """True when something answers `GET {url}/healthz` with HTTP 200."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via a proxy
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout) as response:
+        with direct.open(f"{url.rstrip('/')}/healthz", timeout=timeout) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -67,11 +68,40 @@ def run_notebooks(
     return written
 
 
+def refresh_notebooks(root: Path, notebooks: Sequence[str] = NOTEBOOKS, *, timeout: int = 900) -> None:
+    """Re-execute the notebooks in place, top to bottom, in order (the committed outputs).
+
+    Uses nbclient directly (no papermill metadata), kernels started in the notebooks folder,
+    execution counts 1..n. The caller provides the environment (a fresh local service).
+    """
+    import nbclient
+    import nbformat
+
+    for name in notebooks:
+        path = root / "notebooks" / name
+        notebook = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        client.execute()
+        notebook.metadata.pop("widgets", None)  # widget state: large and different on every run
+        nbformat.write(notebook, path)
+        print(f"  refreshed notebooks/{name}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the walkthrough; returns the exit code (0 when every notebook ran)."""
     parser = argparse.ArgumentParser(prog="python -m batchkit walkthrough", description=__doc__)
     parser.add_argument("--keep-service", action="store_true", help="leave the local service running at the end")
     parser.add_argument("--runs", default="runs", help="folder for the executed notebooks (default: runs)")
+    parser.add_argument(
+        "--refresh-notebooks",
+        action="store_true",
+        help="instead of papermill runs, re-execute notebooks/*.ipynb in place (their committed outputs)",
+    )
     args = parser.parse_args(list(argv or []))
 
     from localbatch.launcher import start_service
@@ -87,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in FOREIGN_SETTINGS:
             os.environ.pop(name, None)
         os.environ.update(local_environment(handle.base_url, handle.api_key))
+        if args.refresh_notebooks:
+            for name in ("buildings.jsonl", "broken.jsonl", "cancel_demo.jsonl", "run.json"):
+                (out_dir / name).unlink(missing_ok=True)
+            print(f"Service at {handle.base_url}; re-executing notebooks 01 -> 03 in place ...", flush=True)
+            refresh_notebooks(root)
+            return 0
         print(f"Service at {handle.base_url}; running notebooks 01 -> 03 into {args.runs}/ ...", flush=True)
         for path in run_notebooks(root, root / args.runs):
             print(f"  ran {path.relative_to(root)}", flush=True)
@@ -98,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"The service keeps running at {handle.base_url} (pid {handle.pid}).")
         else:
             handle.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     import pandas as pd
 
