@@ -1,0 +1,882 @@
+"""Pre-flight lint of batch input files, request bodies and batch metadata.
+
+One implementation serves the client (``python -m batchkit lint``, the notebooks) and the
+local service (its validation step and its per-line HTTP 400s), so what passes here is what
+the service accepts.
+
+* `lint_batch_file` streams a JSONL file line by line (memory: one line plus an 8-byte digest
+  per ``custom_id``) and yields `Finding` objects with the physical line number and the code
+  the service reports (spec §4.2): ``invalid_json_line``, ``invalid_request``,
+  ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``, ``model_not_found``,
+  ``too_many_tasks``, ``empty_file``, ``file_too_large``; plus, per line, the request-scope
+  findings of `lint_request_body` (strict schema and parameters).
+* `lint_request_body` checks one Chat Completions body the way the model endpoint would.
+* `lint_batch_metadata` checks the ``metadata`` of a batch create call.
+
+Paths: ``Finding.path`` is a readable JSON path. Batch-file findings are rooted at the line
+(``custom_id``, ``body.model``, ``body.response_format.json_schema.schema.properties.x``);
+`lint_request_body` roots them at the body (``response_format.json_schema.name``);
+`lint_batch_metadata` at ``metadata``. Schema messages name the schema node the way the
+service does, as ``context=(...)`` (see `batchkit.schema`).
+
+Blank lines: a final newline is normal and ignored. A whitespace-only line elsewhere gets a
+``blank_line`` warning and is skipped (not counted as a request); the local service skips it
+too. Lines may end in CRLF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import replace
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from batchkit.schema import Finding, Target, lint_strict_schema, render_path
+
+__all__ = [
+    "Finding",
+    "lint_batch_file",
+    "lint_request_body",
+    "lint_batch_metadata",
+    "findings_to_frame",
+    "has_errors",
+    "FILE_LIMITS",
+    "CHAT_BODY_KEYS",
+    "main",
+]
+
+#: Per-target file limits: (max requests per file, max bytes per file).
+FILE_LIMITS: dict[str, tuple[int, int]] = {
+    "azure": (100_000, 200 * 1024 * 1024),
+    "openai": (50_000, 200 * 1024 * 1024),
+}
+
+#: Batch endpoints a line's ``url`` may name, per target.
+BATCH_URLS: dict[str, frozenset[str]] = {
+    "openai": frozenset(
+        {
+            "/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions",
+            "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos",
+        }
+    ),
+    "azure": frozenset({"/chat/completions", "/v1/chat/completions", "/responses", "/v1/responses"}),
+}
+_CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+#: Keys a Chat Completions request body may carry (anything else is ``unknown_parameter``).
+CHAT_BODY_KEYS: frozenset[str] = frozenset(
+    {
+        "model", "messages", "response_format", "max_tokens", "max_completion_tokens",
+        "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",
+        "logit_bias", "logprobs", "top_logprobs", "seed", "user", "tools", "tool_choice",
+        "parallel_tool_calls", "stream", "stream_options", "service_tier", "store", "metadata",
+        "reasoning_effort", "modalities", "audio", "prediction", "functions", "function_call",
+        "web_search_options", "verbosity", "safety_identifier", "prompt_cache_key",
+        "data_sources",
+    }
+)
+_LINE_KEYS = ("custom_id", "method", "url", "body")
+_ROLES = ("system", "user", "assistant", "tool", "function", "developer")
+_RF_TYPES = ("json_object", "json_schema", "text")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_BOM = b"\xef\xbb\xbf"
+_AZURE_MODEL_MESSAGE = (
+    "Validation failed: A valid model deployment name couldn't be extracted from the input file. "
+    "Please ensure that each row in the input file has a valid deployment name specified in the "
+    "'model' field, and that the deployment name is consistent across all rows."
+)
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a value, worded like the service's messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
+
+
+def _fmt_num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies
+# --------------------------------------------------------------------------------------------
+
+
+class _Req:
+    """Collects request-scope findings with body-relative paths."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def add(
+        self,
+        code: str,
+        rule: str,
+        parts: Sequence[str | int],
+        message: str,
+        fix: str,
+        *,
+        severity: str = "error",
+        param: str | None = None,
+    ) -> None:
+        path = render_path("", parts)
+        self.findings.append(
+            Finding(
+                line=None,
+                code=code,
+                path=path,
+                message=message,
+                severity=severity,  # type: ignore[arg-type]
+                scope="request",
+                param=param if param is not None else path,
+                fix=fix,
+                rule=rule,
+            )
+        )
+
+    def type_error(self, parts: Sequence[str | int], expected: str, value: Any) -> None:
+        name = render_path("", parts)
+        self.add(
+            "invalid_type", "request.invalid_type", parts,
+            f"Invalid type for '{name}': expected {expected}, but got {_kind(value)} instead.",
+            f"Give '{name}' as {expected}.",
+        )
+
+    def missing(self, parts: Sequence[str | int], fix: str) -> None:
+        name = render_path("", parts)
+        self.add(
+            "missing_required_parameter", "request.missing_parameter", parts,
+            f"Missing required parameter: '{name}'.", fix,
+        )
+
+    def range_check(
+        self, parts: Sequence[str | int], value: Any, *, lo: float | None, hi: float | None,
+        integer: bool,
+    ) -> None:
+        name = render_path("", parts)
+        if integer and not _is_int(value):
+            self.type_error(parts, "an integer", value)
+            return
+        if not integer and not _is_number(value):
+            self.type_error(parts, "a number", value)
+            return
+        word = "integer" if integer else "decimal"
+        if lo is not None and value < lo:
+            self.add(
+                f"{word}_below_min_value", f"request.{name}_range", parts,
+                f"Invalid '{name}': {word} below minimum value. Expected a value >= {_fmt_num(lo)}, "
+                f"but got {_fmt_num(value)} instead.",
+                f"Use a value of at least {_fmt_num(lo)}" + (f" and at most {_fmt_num(hi)}." if hi is not None else "."),
+            )
+        elif hi is not None and value > hi:
+            self.add(
+                f"{word}_above_max_value", f"request.{name}_range", parts,
+                f"Invalid '{name}': {word} above maximum value. Expected a value <= {_fmt_num(hi)}, "
+                f"but got {_fmt_num(value)} instead.",
+                f"Use a value of at most {_fmt_num(hi)}.",
+            )
+
+
+def _lint_messages(req: _Req, messages: Any) -> None:
+    if not isinstance(messages, list):
+        req.type_error(["messages"], "an array", messages)
+        return
+    if not messages:
+        req.add(
+            "empty_array", "request.messages_empty", ["messages"],
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
+            "empty array instead.",
+            "Give at least one message, e.g. [{\"role\": \"user\", \"content\": \"...\"}].",
+        )
+        return
+    for i, msg in enumerate(messages):
+        parts: list[str | int] = ["messages", i]
+        if not isinstance(msg, dict):
+            req.type_error(parts, "an object", msg)
+            continue
+        role = msg.get("role")
+        if "role" not in msg:
+            req.missing([*parts, "role"], "Give every message a role such as 'system' or 'user'.")
+            continue
+        if role not in _ROLES:
+            shown = json.dumps(role) if not isinstance(role, str) else f"'{role}'"
+            req.add(
+                "invalid_value", "request.message_role", [*parts, "role"],
+                f"Invalid value: {shown}. Supported values are: "
+                + ", ".join(f"'{r}'" for r in _ROLES[:-1]) + f", and '{_ROLES[-1]}'.",
+                "Use one of the supported roles.",
+            )
+            continue
+        content = msg.get("content")
+        if content is None:
+            if role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
+                pass
+            else:
+                req.missing([*parts, "content"], "Give the message a 'content' string.")
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    req.add(
+                        "invalid_type", "request.content_part", [*parts, "content", j],
+                        f"Invalid type for '{render_path('', [*parts, 'content', j])}': expected an "
+                        f"object with a 'type', but got {_kind(part)} instead.",
+                        "Give content parts as {\"type\": \"text\", \"text\": \"...\"}.",
+                    )
+        elif not isinstance(content, str):
+            req.type_error([*parts, "content"], "a string or an array of content parts", content)
+        if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
+            req.missing([*parts, "tool_call_id"], "Tool messages need the tool_call_id they answer.")
+
+
+def _text_of_messages(messages: Any) -> str:
+    out: list[str] = []
+    if isinstance(messages, list):
+        for msg in messages:
+            if isinstance(msg, dict):
+                c = msg.get("content")
+                if isinstance(c, str):
+                    out.append(c)
+                elif isinstance(c, list):
+                    out.extend(p.get("text", "") for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(out)
+
+
+def _lint_response_format(req: _Req, rf: Any, messages: Any, target: Target) -> None:
+    parts: list[str | int] = ["response_format"]
+    if not isinstance(rf, dict):
+        req.type_error(parts, "an object", rf)
+        return
+    if "type" not in rf:
+        req.missing([*parts, "type"], "Set response_format.type to 'json_schema'.")
+        return
+    rtype = rf["type"]
+    if rtype not in _RF_TYPES:
+        shown = f"'{rtype}'" if isinstance(rtype, str) else json.dumps(rtype)
+        req.add(
+            "invalid_value", "request.response_format_type", [*parts, "type"],
+            f"Invalid value: {shown}. Supported values are: 'json_object', 'json_schema', and 'text'.",
+            "Use {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\", \"strict\": true}}; "
+            "the schema goes inside json_schema.schema, not in response_format.type.",
+        )
+        return
+    if rtype == "json_object":
+        if "json" not in _text_of_messages(messages).lower():
+            req.add(
+                "invalid_value", "request.json_object_word", ["messages"],
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+                "type 'json_object'.",
+                "Mention JSON in the system or user message, or use a strict json_schema.",
+                param="messages",
+            )
+        return
+    if rtype != "json_schema":
+        return
+    js = rf.get("json_schema")
+    jparts: list[str | int] = [*parts, "json_schema"]
+    if js is None:
+        req.missing(jparts, "Add json_schema: {\"name\", \"schema\", \"strict\": true}.")
+        return
+    if not isinstance(js, dict):
+        req.type_error(jparts, "an object", js)
+        return
+    for key in js:
+        if key not in ("name", "schema", "strict", "description"):
+            req.add(
+                "unknown_parameter", "request.unknown_parameter", [*jparts, key],
+                f"Unknown parameter: '{render_path('', [*jparts, key])}'.",
+                f"Remove '{key}'; json_schema takes name, description, schema and strict.",
+            )
+    name = js.get("name")
+    if "name" not in js:
+        req.missing([*jparts, "name"], "Name the schema, e.g. \"name\": \"building_info\".")
+        name = "schema"
+    elif not isinstance(name, str):
+        req.type_error([*jparts, "name"], "a string", name)
+        name = "schema"
+    elif len(name) > 64:
+        req.add(
+            "string_above_max_length", "request.schema_name", [*jparts, "name"],
+            f"Invalid '{render_path('', [*jparts, 'name'])}': string too long. Expected a string "
+            f"with maximum length 64, but got a string with length {len(name)} instead.",
+            "Use a name of at most 64 characters from a-z, A-Z, 0-9, _ and -.",
+        )
+    elif not name or any(ch not in _NAME_CHARS for ch in name):
+        req.add(
+            "invalid_value", "request.schema_name", [*jparts, "name"],
+            f"Invalid '{render_path('', [*jparts, 'name'])}': string does not match pattern. "
+            "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+            "Use only a-z, A-Z, 0-9, _ and - in the schema name (1-64 characters).",
+        )
+    if "description" in js and not isinstance(js["description"], str):
+        req.type_error([*jparts, "description"], "a string", js["description"])
+    strict = js.get("strict", False)
+    if "strict" in js and not isinstance(strict, bool) and strict is not None:
+        req.type_error([*jparts, "strict"], "a boolean", strict)
+        strict = False
+    if "schema" not in js:
+        req.missing([*jparts, "schema"], "Put the JSON Schema in json_schema.schema.")
+        return
+    schema = js["schema"]
+    if strict is True:
+        req.findings.extend(
+            lint_strict_schema(
+                schema,
+                name=str(name),
+                target=target,
+                path_prefix="response_format.json_schema.schema",
+            )
+        )
+    else:
+        if not isinstance(schema, dict):
+            req.type_error([*jparts, "schema"], "an object", schema)
+        req.add(
+            "strict_not_true", "request.strict_not_true", [*jparts, "strict"],
+            "json_schema.strict is not true: the schema is only guidance and answers may not match it.",
+            "Set \"strict\": true (and make the schema strict with to_strict_schema).",
+            severity="warning",
+        )
+
+
+def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
+    """Check one Chat Completions request body the way the model endpoint would (HTTP 400s).
+
+    Checks: unknown top-level parameters (allow-list `CHAT_BODY_KEYS`), ``messages`` present
+    and well-formed, ``response_format`` shape (type values, ``json_schema.name`` pattern
+    ``^[a-zA-Z0-9_-]{1,64}$``, schema present) and, when ``strict`` is true, every strict
+    schema rule of `target`; ``max_tokens``/``max_completion_tokens`` positive integers,
+    ``temperature`` 0..2, ``top_p`` 0..1, penalties -2..2, ``n`` >= 1 (a warning above 1: every
+    choice is billed and result parsers read the first), ``stream`` not true in a batch.
+    ``model`` is a batch-level matter (`lint_batch_file`); the context length is left to the
+    service (it knows the model).
+
+    Args:
+        body: the parsed request body (any JSON value; a non-object gets a finding).
+        target: ``"openai"`` or ``"azure"`` (selects the strict-schema rule set).
+
+    Returns:
+        Request-scope findings with paths relative to the body; ``[]`` when it is fine.
+    """
+    req = _Req()
+    if not isinstance(body, dict):
+        req.add(
+            "invalid_type", "request.body_not_object", [],
+            f"Invalid type for 'body': expected an object, but got {_kind(body)} instead.",
+            "Make 'body' a JSON object with model, messages, ...",
+            param="body",
+        )
+        return req.findings
+    for key in body:
+        if key not in CHAT_BODY_KEYS:
+            req.add(
+                "unknown_parameter", "request.unknown_parameter", [key],
+                f"Unknown parameter: '{key}'.",
+                f"Remove '{key}' (Chat Completions does not take it; check the spelling).",
+                param=key,
+            )
+    if "messages" not in body:
+        req.missing(["messages"], "Add messages: [{\"role\": \"user\", \"content\": \"...\"}].")
+    else:
+        _lint_messages(req, body["messages"])
+    if "response_format" in body and body["response_format"] is not None:
+        _lint_response_format(req, body["response_format"], body.get("messages"), target)
+    for key in ("max_tokens", "max_completion_tokens"):
+        if body.get(key) is not None:
+            req.range_check([key], body[key], lo=1, hi=None, integer=True)
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        req.add(
+            "invalid_request", "request.max_tokens_both", ["max_tokens"],
+            "max_tokens and max_completion_tokens cannot both be set.",
+            "Keep one of them (max_completion_tokens for newer models).",
+        )
+    if body.get("temperature") is not None:
+        req.range_check(["temperature"], body["temperature"], lo=0, hi=2, integer=False)
+    if body.get("top_p") is not None:
+        req.range_check(["top_p"], body["top_p"], lo=0, hi=1, integer=False)
+    for key in ("presence_penalty", "frequency_penalty"):
+        if body.get(key) is not None:
+            req.range_check([key], body[key], lo=-2, hi=2, integer=False)
+    if body.get("seed") is not None and not _is_int(body["seed"]):
+        req.type_error(["seed"], "an integer", body["seed"])
+    if body.get("n") is not None:
+        n = body["n"]
+        req.range_check(["n"], n, lo=1, hi=128, integer=True)
+        if _is_int(n) and 1 < n <= 128:
+            req.add(
+                "n_above_one", "request.n_above_one", ["n"],
+                f"n is {n}: every choice is billed, and result parsers read only the first.",
+                "Use n=1 in batch files unless you really need several answers per request.",
+                severity="warning",
+            )
+    if "stop" in body and body["stop"] is not None:
+        stop = body["stop"]
+        if isinstance(stop, list):
+            if len(stop) > 4 or not all(isinstance(s, str) for s in stop):
+                req.add(
+                    "invalid_value", "request.stop", ["stop"],
+                    "Invalid 'stop': expected a string or an array of at most 4 strings.",
+                    "Give at most 4 stop strings.",
+                )
+        elif not isinstance(stop, str):
+            req.type_error(["stop"], "a string or an array of strings", stop)
+    if body.get("stream") is True:
+        req.add(
+            "invalid_value", "request.stream", ["stream"],
+            "Invalid value for 'stream': streaming is not supported in batch requests.",
+            "Remove 'stream' from batch lines.",
+        )
+    return req.findings
+
+
+# --------------------------------------------------------------------------------------------
+# Batch metadata
+# --------------------------------------------------------------------------------------------
+
+
+def lint_batch_metadata(metadata: Any) -> list[Finding]:
+    """Check the ``metadata`` of a batch create call: a flat object of at most 16 string pairs,
+    keys up to 64 characters, values up to 512. ``None`` is fine.
+
+    Messages follow the service's 400 ``invalid_type`` form, e.g.
+    ``Invalid type for 'metadata.x': expected a string, but got an integer instead.``
+    """
+    out: list[Finding] = []
+
+    def add(code: str, rule: str, path: str, message: str, fix: str) -> None:
+        out.append(Finding(None, code, path, message, "error", "batch", None, path, fix, rule))
+
+    if metadata is None:
+        return out
+    if not isinstance(metadata, dict):
+        add(
+            "invalid_type", "metadata.not_object", "metadata",
+            f"Invalid type for 'metadata': expected an object, but got {_kind(metadata)} instead.",
+            "Pass metadata as a flat dict of strings, e.g. {\"project\": \"buildings\"}.",
+        )
+        return out
+    if len(metadata) > 16:
+        add(
+            "object_above_max_properties", "metadata.too_many", "metadata",
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+            f"properties, but got an object with {len(metadata)} properties instead.",
+            "Keep at most 16 metadata pairs.",
+        )
+    for key, value in metadata.items():
+        path = render_path("metadata", [str(key)])
+        if len(str(key)) > 64:
+            add(
+                "string_above_max_length", "metadata.key_too_long", path,
+                f"Invalid 'metadata': string too long. Expected a key with maximum length 64, "
+                f"but got a key with length {len(str(key))} instead.",
+                "Shorten the key to 64 characters.",
+            )
+        if not isinstance(value, str):
+            add(
+                "invalid_type", "metadata.value_type", path,
+                f"Invalid type for 'metadata.{key}': expected a string, but got {_kind(value)} instead.",
+                f"Convert the value of '{key}' to a string (e.g. json.dumps for lists).",
+            )
+        elif len(value) > 512:
+            add(
+                "string_above_max_length", "metadata.value_too_long", path,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
+                f"512, but got a string with length {len(value)} instead.",
+                "Shorten the value to 512 characters.",
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batch files
+# --------------------------------------------------------------------------------------------
+
+
+def _iter_lines(source: Any) -> Iterator[bytes]:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            yield from fh
+        return
+    if isinstance(source, (bytes, bytearray)):
+        yield from bytes(source).splitlines(keepends=True)
+        return
+    for item in source:
+        yield item.encode("utf-8") if isinstance(item, str) else bytes(item)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _norm_url(url: str, target: str) -> str:
+    """Compare urls without the ``/v1`` prefix (Azure documents both forms)."""
+    return url[3:] if url.startswith("/v1/") else url
+
+
+def lint_batch_file(
+    source: Any,
+    *,
+    target: Target = "openai",
+    deployments: Mapping[str, str] | None = None,
+    endpoint: str | None = None,
+    max_lines: int | None = None,
+    max_bytes: int | None = None,
+) -> Iterator[Finding]:
+    """Lint a batch input file, streaming, and yield findings in line order.
+
+    Args:
+        source: a path, the file's bytes, or an iterable of lines (bytes or str).
+        target: ``"azure"`` or ``"openai"`` (limits, url forms, schema rule set, BOM message).
+        deployments: deployment (Azure) or model (OpenAI) name -> kind (``"globalbatch"`` or
+            ``"standard"``). None skips ``model_not_found`` and, on Azure, the Global Batch
+            kind check (``invalid_request``).
+        endpoint: the batch's ``endpoint`` (e.g. ``/chat/completions``); every ``url`` must
+            name it (on Azure ``/v1/chat/completions`` and ``/chat/completions`` are the same).
+            None: the first line's url, which must be a batch endpoint of the target.
+        max_lines, max_bytes: override the target's limits (100,000 / 200 MB on Azure,
+            50,000 / 200 MB on OpenAI).
+
+    Yields:
+        `Finding` objects; ``line`` is the 1-based physical line (None for the file-level
+        ``empty_file``). Batch-scope findings fail the batch; request-scope findings (from
+        `lint_request_body`, paths prefixed ``body.``) give that line a 400 in the error file.
+    """
+    if target not in FILE_LIMITS:
+        raise ValueError(f"unknown target {target!r}: use 'azure' or 'openai'")
+    limit_lines, limit_bytes = FILE_LIMITS[target]
+    limit_lines = max_lines if max_lines is not None else limit_lines
+    limit_bytes = max_bytes if max_bytes is not None else limit_bytes
+    want_url = _norm_url(endpoint, target) if endpoint else None
+    first_url: str | None = None
+    first_url_line = 0
+    first_model: str | None = None
+    first_model_line = 0
+    seen: dict[bytes, int] = {}
+    requests = 0
+    total_bytes = 0
+    too_big = too_many = False
+    line_no = 0
+
+    def batch(code: str, rule: str, path: str, message: str, fix: str, *, cid: str | None = None,
+              severity: str = "error") -> Finding:
+        return Finding(line_no, code, path, message, severity, "batch", cid, path or None, fix, rule)  # type: ignore[arg-type]
+
+    for raw in _iter_lines(source):
+        line_no += 1
+        total_bytes += len(raw)
+        if total_bytes > limit_bytes and not too_big:
+            too_big = True
+            yield batch(
+                "file_too_large", "batch.too_many_bytes", "",
+                f"File is too large: the batch file exceeds {limit_bytes:,} bytes at this line.",
+                f"Split the file into parts of at most {limit_bytes:,} bytes.",
+            )
+        if line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+            if target == "azure":
+                yield batch(
+                    "invalid_request", "batch.bom", "",
+                    _AZURE_MODEL_MESSAGE,
+                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without "
+                    "BOM (open(..., 'w', encoding='utf-8'), not 'utf-8-sig').",
+                )
+            else:
+                yield batch(
+                    "invalid_json_line", "batch.bom", "",
+                    "This line is not parseable as valid JSON.",
+                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without BOM.",
+                )
+        stripped = raw.strip()
+        if not stripped:
+            # The final newline never produces a line of its own; any other blank line does.
+            yield batch(
+                "blank_line", "batch.blank_line", "",
+                "Blank line: skipped, not a request.",
+                "Remove empty lines from the file.",
+                severity="warning",
+            )
+            continue
+        requests += 1
+        if requests > limit_lines and not too_many:
+            too_many = True
+            yield batch(
+                "too_many_tasks", "batch.too_many_tasks", "",
+                f"The input file contains more than {limit_lines:,} requests; this is line "
+                f"{line_no}.",
+                f"Split the file into files of at most {limit_lines:,} requests.",
+            )
+        try:
+            text = stripped.decode("utf-8")
+            obj = json.loads(text, parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            yield batch(
+                "invalid_json_line", "batch.invalid_json", "",
+                "This line is not parseable as valid JSON.",
+                "Write each request as one JSON object on one line (json.dumps without indent), "
+                "UTF-8 encoded.",
+            )
+            continue
+        if not isinstance(obj, dict):
+            yield batch(
+                "invalid_request", "batch.line_not_object", "",
+                f"The line must be a JSON object with custom_id, method, url and body; got {_kind(obj)}.",
+                "Write one {\"custom_id\", \"method\", \"url\", \"body\"} object per line.",
+            )
+            continue
+        cid_val = obj.get("custom_id")
+        cid = cid_val if isinstance(cid_val, str) else None
+        for key in _LINE_KEYS:
+            if key not in obj:
+                yield batch(
+                    "invalid_request", "batch.missing_key", key,
+                    f"Missing required key '{key}' on this line.",
+                    "Every line needs custom_id, method, url and body.",
+                    cid=cid,
+                )
+        for key in obj:
+            if key not in _LINE_KEYS:
+                yield batch(
+                    "invalid_request", "batch.extra_key", render_path("", [key]),
+                    f"Unexpected key '{key}' on this line; only custom_id, method, url and body are allowed.",
+                    f"Remove '{key}' (request options go inside body).",
+                    cid=cid,
+                )
+        if "custom_id" in obj:
+            if not isinstance(cid_val, str) or not cid_val:
+                yield batch(
+                    "invalid_request", "batch.custom_id_type", "custom_id",
+                    f"custom_id must be a non-empty string, got {_kind(cid_val) if cid_val != '' else 'an empty string'}.",
+                    "Use a unique string per line, e.g. \"task-0\".",
+                )
+            else:
+                digest = hashlib.blake2b(cid_val.encode("utf-8"), digest_size=8).digest()
+                if digest in seen:
+                    yield batch(
+                        "duplicate_custom_id", "batch.duplicate_custom_id", "custom_id",
+                        f"The custom_id '{cid_val}' is used more than once (first on line "
+                        f"{seen[digest]}); custom_id must be unique within a batch.",
+                        "Give every line its own custom_id.",
+                        cid=cid,
+                    )
+                else:
+                    seen[digest] = line_no
+        if "method" in obj and obj["method"] != "POST":
+            yield batch(
+                "invalid_request", "batch.method_not_post", "method",
+                f"Invalid method {json.dumps(obj['method'])}: only 'POST' is supported.",
+                "Set \"method\": \"POST\".",
+                cid=cid,
+            )
+        url = obj.get("url")
+        check_body = True
+        if "url" in obj:
+            if not isinstance(url, str):
+                yield batch(
+                    "invalid_request", "batch.url_type", "url",
+                    f"url must be a string, got {_kind(url)}.",
+                    "Set \"url\" to the batch endpoint, e.g. \"/chat/completions\".",
+                    cid=cid,
+                )
+                check_body = False
+            else:
+                norm = _norm_url(url, target)
+                check_body = norm in _CHAT_URLS
+                if want_url is not None and norm != want_url:
+                    yield batch(
+                        "url_mismatch", "batch.url_not_endpoint", "url",
+                        f"The url '{url}' does not match the batch endpoint '{endpoint}'.",
+                        f"Use \"url\": \"{endpoint}\" on every line.",
+                        cid=cid,
+                    )
+                elif want_url is None and norm not in {_norm_url(u, target) for u in BATCH_URLS[target]}:
+                    known = ", ".join(sorted(BATCH_URLS[target]))
+                    yield batch(
+                        "url_mismatch", "batch.url_unknown", "url",
+                        f"The url '{url}' is not a batch endpoint of {target}; expected one of {known}.",
+                        "Use the chat completions endpoint: '/chat/completions' (Azure) or "
+                        "'/v1/chat/completions' (OpenAI).",
+                        cid=cid,
+                    )
+                elif first_url is None:
+                    first_url, first_url_line = norm, line_no
+                    if target == "openai" and not url.startswith("/v1/"):
+                        yield batch(
+                            "url_form", "batch.url_form", "url",
+                            f"The url '{url}' lacks the '/v1' prefix of OpenAI's documented form "
+                            f"'/v1{url}'.",
+                            f"Use \"url\": \"/v1{url}\" for OpenAI (Azure accepts both forms).",
+                            cid=cid, severity="warning",
+                        )
+                elif norm != first_url:
+                    yield batch(
+                        "url_mismatch", "batch.url_not_same", "url",
+                        f"The url '{url}' differs from the url '{first_url}' of line {first_url_line}; "
+                        "all lines must use the same url.",
+                        "Use one url on every line (split different endpoints into separate batches).",
+                        cid=cid,
+                    )
+        body = obj.get("body")
+        if "body" not in obj:
+            continue
+        if not isinstance(body, dict):
+            yield batch(
+                "invalid_request", "batch.body_not_object", "body",
+                f"body must be a JSON object, got {_kind(body)}.",
+                "Put the request (model, messages, ...) in an object under \"body\".",
+                cid=cid,
+            )
+            continue
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            if target == "azure":
+                msg = _AZURE_MODEL_MESSAGE
+            else:
+                msg = "Missing or invalid 'model' in body: every line must name the same model."
+            yield batch(
+                "invalid_request", "batch.model_missing", "body.model",
+                msg,
+                "Set body.model to the batch deployment name (Azure) or model name (OpenAI), the "
+                "same on every line.",
+                cid=cid,
+            )
+        else:
+            if first_model is None:
+                first_model, first_model_line = model, line_no
+            elif model != first_model:
+                yield batch(
+                    "model_mismatch", "batch.model_mismatch", "body.model",
+                    f"This line targets '{model}', but line {first_model_line} targets "
+                    f"'{first_model}'; every line of a batch must use the same "
+                    + ("deployment." if target == "azure" else "model."),
+                    "Use one deployment per file (split the file by model).",
+                    cid=cid,
+                )
+            if deployments is not None:
+                kind = deployments.get(model)
+                if kind is None:
+                    yield batch(
+                        "model_not_found", "batch.model_not_found", "body.model",
+                        f"The {'deployment' if target == 'azure' else 'model'} '{model}' named in "
+                        "'model' was not found.",
+                        "Use an existing deployment name: " + ", ".join(sorted(deployments))[:200] + ".",
+                        cid=cid,
+                    )
+                elif target == "azure" and kind != "globalbatch":
+                    yield batch(
+                        "invalid_request", "batch.deployment_kind", "body.model",
+                        f"The deployment '{model}' is of type '{kind}'; batch requests need a "
+                        "Global Batch (globalbatch) deployment.",
+                        "Create a Global Batch deployment of the model and name it in body.model.",
+                        cid=cid,
+                    )
+        if check_body:
+            for f in lint_request_body(body, target=target):
+                yield replace(
+                    f,
+                    line=line_no,
+                    custom_id=cid,
+                    path="body." + f.path if f.path else "body",
+                )
+    if requests == 0:
+        yield Finding(
+            None, "empty_file", "", "The input file is empty. Please ensure that the batch "
+            "contains at least one request.", "error", "batch", None, None,
+            "Write at least one request line.", "batch.empty_file",
+        )
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    """True when any finding has severity ``error``."""
+    return any(f.severity == "error" for f in findings)
+
+
+def findings_to_frame(findings: Iterable[Finding]) -> Any:
+    """The findings as a pandas DataFrame, one row each, columns ``line, severity, code,
+    path, message, fix, custom_id, scope, rule, param`` (empty frame with those columns when
+    there are none)."""
+    import pandas as pd
+
+    cols = ["line", "severity", "code", "path", "message", "fix", "custom_id", "scope", "rule", "param"]
+    rows = [{c: getattr(f, c) for c in cols} for f in findings]
+    frame = pd.DataFrame(rows, columns=cols)
+    frame["line"] = frame["line"].astype("Int64")
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_deployments(items: Sequence[str]) -> dict[str, str] | None:
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        name, _, kind = item.partition("=")
+        out[name] = kind or "globalbatch"
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m batchkit lint FILE [--target azure|openai] [--json]``.
+
+    Prints one finding per line (``LINE: SEVERITY CODE PATH: MESSAGE`` or, with ``--json``,
+    one JSON object per finding with keys line, code, path, message, severity, fix, ...) and
+    a summary on stderr. Exit status 1 when any finding is an error, 0 otherwise, 2 for usage
+    problems (e.g. the file does not exist).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m batchkit lint",
+        description="Check a batch JSONL file before upload (what the service would reject).",
+    )
+    parser.add_argument("file", help="the batch input file (.jsonl)")
+    parser.add_argument("--target", choices=("azure", "openai"), default="azure",
+                        help="rules and limits of this service (default: azure)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per finding")
+    parser.add_argument("--endpoint", default=None,
+                        help="the batch endpoint every url must name, e.g. /chat/completions")
+    parser.add_argument("--deployment", action="append", default=[], metavar="NAME[=KIND]",
+                        help="a deployment that exists (kind globalbatch unless given); repeat")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not os.path.isfile(args.file):
+        print(f"error: {args.file}: no such file; give the path of a batch .jsonl file", file=sys.stderr)
+        return 2
+    errors = warnings = 0
+    for f in lint_batch_file(
+        args.file, target=args.target, deployments=_parse_deployments(args.deployment),
+        endpoint=args.endpoint,
+    ):
+        if f.severity == "error":
+            errors += 1
+        else:
+            warnings += 1
+        if args.json:
+            print(json.dumps(f.to_dict(), ensure_ascii=False))
+        else:
+            where = f"{f.line}" if f.line is not None else "-"
+            path = f" {f.path}" if f.path else ""
+            print(f"{where}: {f.severity} {f.code}{path}: {f.message}")
+    print(f"{args.file}: {errors} error(s), {warnings} warning(s) (target {args.target})", file=sys.stderr)
+    return 1 if errors else 0
