@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test notebooks clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ run: setup
 # Every test: unit tests, service tests over HTTP, nbval over the notebooks.
 test: setup
 	$(PY) -m pytest
+
+# Maintainers: re-execute notebooks/*.ipynb in place on a fresh local service, top to bottom, so
+# their committed outputs (compared by nbval in `make test`) match the current service and engine.
+notebooks: setup
+	$(PY) -m batchkit walkthrough --refresh-notebooks
 
 clean:
 	rm -rf $(VENV) .localbatch out runs .pytest_cache .hypothesis

@@ -38,8 +38,8 @@ def _wants_notebooks(config: pytest.Config) -> bool:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clear foreign settings; start the local service when notebooks are part of the run."""
-    for name in CLEARED:
-        os.environ.pop(name, None)
+    for name in CLEARED:  # set empty, not removed: then a developer's .env cannot fill them in either
+        os.environ[name] = ""
     os.environ["BATCH_BACKEND"] = "local"
     if not _wants_notebooks(session.config):
         return

@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Starting the local Batch service (data in {data_dir.relative_to(root)}/) ...", flush=True)
     handle = start_service(data_dir=data_dir, api_key=DEFAULT_LOCAL_KEY)
     try:
-        for name in FOREIGN_SETTINGS:
-            os.environ.pop(name, None)
+        for name in FOREIGN_SETTINGS:  # empty rather than removed, so a .env cannot fill them in
+            os.environ[name] = ""
         os.environ.update(local_environment(handle.base_url, handle.api_key))
         if args.refresh_notebooks:
             for name in ("buildings.jsonl", "broken.jsonl", "cancel_demo.jsonl", "run.json"):
