@@ -233,6 +233,9 @@ def _ruleset(target: str) -> RuleSet:
 # Paths
 # --------------------------------------------------------------------------------------------
 
+# Walk at most this many keys deep; deeper schemas get the nesting-depth finding only.
+_MAX_WALK = 64
+
 _IDENT = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
 
 
@@ -422,8 +425,8 @@ class _SchemaLinter:
         self._def_depth[ref] = depth
         return depth
 
-    def _depth_of(self, node: Any, stack: frozenset[str]) -> int:
-        if not isinstance(node, dict):
+    def _depth_of(self, node: Any, stack: frozenset[str], hops: int = 0) -> int:
+        if not isinstance(node, dict) or hops > _MAX_WALK:
             return 0
         if isinstance(node.get("$ref"), str):
             ref = node["$ref"]
@@ -437,13 +440,16 @@ class _SchemaLinter:
             children.append(node["items"])
         if isinstance(node.get("anyOf"), list):
             children.extend(node["anyOf"])
-        return own + max((self._depth_of(c, stack) for c in children), default=0)
+        return own + max((self._depth_of(c, stack, hops + 1) for c in children), default=0)
 
     # -- node walk -------------------------------------------------------------------------
     def walk(
         self, node: Any, parts: list[str | int], *, level: int, is_root: bool = False
     ) -> tuple[int, list[str | int]]:
         """Check one node and its children. Returns (deepest object level, its parts)."""
+        if len(parts) > _MAX_WALK:
+            # Far beyond every limit: stop here (the depth finding reports it), keep the stack small.
+            return max(level, self.rules.max_depth + 1), parts
         if not isinstance(node, dict):
             if not is_root:
                 self.add(
@@ -711,7 +717,7 @@ class _SchemaLinter:
     def check_format_pattern(self, node: Mapping[str, Any], parts: list[str | int]) -> None:
         if "format" in node and "format" in self.rules.keywords:
             fmt = node["format"]
-            if fmt not in self.rules.formats:
+            if not isinstance(fmt, str) or fmt not in self.rules.formats:
                 self.add(
                     "schema.format_unsupported", parts,
                     f"format {json.dumps(fmt)} is not supported. Supported formats are: "
@@ -888,7 +894,8 @@ class _Converter:
                 value = node.pop(key)
                 kind = "unsupported" if key in _KNOWN_KEYWORDS else "unknown keyword"
                 self.note(parts, f"removed {kind} '{key}' ({json.dumps(value, default=str)[:40]})")
-        if "format" in node and node.get("format") not in self.rules.formats:
+        fmt = node.get("format")
+        if "format" in node and (not isinstance(fmt, str) or fmt not in self.rules.formats):
             self.note(parts, f"removed unsupported format {json.dumps(node.pop('format'))}")
         if "$ref" in node:
             return node
