@@ -238,6 +238,16 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
+def display_path(path: str | Path, root: Path | None = None) -> str:
+    """`path` relative to the project root when it lies inside it (for printing without machine paths)."""
+    target = Path(path).resolve()
+    base = (root or project_root()).resolve()
+    try:
+        return target.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _start_local_service(settings: Settings) -> None:
     """Start the local service in the background on the port of `settings.endpoint`."""
     parts = urlsplit(settings.endpoint)
