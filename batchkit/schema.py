@@ -647,24 +647,30 @@ class _SchemaLinter:
                 )
 
     def check_any_of_first_keys(self, any_of: list[Any], parts: list[str | int]) -> None:
-        seen: dict[str, int] = {}
+        """Object branches must be told apart by their first key: two branches whose first
+        property has the same name and the same schema (e.g. no distinct ``const``) clash."""
+        seen: dict[tuple[str, str], int] = {}
         for i, sub in enumerate(any_of):
+            if isinstance(sub, dict) and isinstance(sub.get("$ref"), str):
+                sub = self.defs.get(sub["$ref"], sub)
             if isinstance(sub, dict) and "object" in (_type_list(sub) or []):
                 props = sub.get("properties")
                 if isinstance(props, dict) and props:
                     first = next(iter(props))
-                    if first in seen:
+                    key = (first, json.dumps(props[first], sort_keys=True, default=str))
+                    if key in seen:
                         self.add(
                             "schema.any_of_identical_first_keys", parts,
                             "objects provided via 'anyOf' must not share identical first keys. "
                             "Consider adding a discriminator key or rearranging the properties to "
                             "ensure the first key is unique.",
-                            f"Branches {seen[first]} and {i} both start with '{first}': put a "
-                            "distinct key (e.g. a 'kind' const) first in each branch.",
+                            f"Branches {seen[key]} and {i} both start with '{first}' of the same "
+                            "schema: start each branch with a distinct key, or with a key such as "
+                            "\"kind\" holding a different const in each branch.",
                             extra_path=["anyOf"],
                         )
                         return
-                    seen[first] = i
+                    seen[key] = i
 
     def check_enum_const(self, node: Mapping[str, Any], parts: list[str | int], types: list[str]) -> None:
         if "enum" in node:

@@ -54,6 +54,8 @@ COMPLIANT = [
     obj({"maybe": {"type": ["string", "null"]}}),
     obj({"kind": {"type": "string", "enum": ["a", "b"]}, "c": {"const": "x"}}),
     obj({"u": {"anyOf": [obj({"a": {"type": "string"}}), obj({"b": {"type": "integer"}}), {"type": "null"}]}}),
+    obj({"pet": {"anyOf": [obj({"kind": {"type": "string", "const": "cat"}, "lives": {"type": "integer"}}),
+                           obj({"kind": {"type": "string", "const": "dog"}, "good": {"type": "boolean"}})]}}),
     obj({"item": {"$ref": "#/$defs/Item"}}, **{"$defs": {"Item": obj({"n": {"type": "number"}})}}),
     obj({"tree": {"$ref": "#"}}),
     nested(5),
@@ -140,7 +142,8 @@ CASES: list[tuple[str, tuple[str, ...], Any, str, str]] = [
     ("schema.any_of_invalid", ("azure", "openai"), obj({"x": {"anyOf": []}}),
      "In context=('properties', 'x'), 'anyOf' must be a non-empty array of schemas.", "schema.properties.x.anyOf"),
     ("schema.any_of_identical_first_keys", ("azure", "openai"),
-     obj({"x": {"anyOf": [obj({"id": {"type": "string"}}), obj({"id": {"type": "integer"}})]}}),
+     obj({"x": {"anyOf": [obj({"id": {"type": "string"}, "a": {"type": "integer"}}),
+                          obj({"id": {"type": "string"}, "b": {"type": "boolean"}})]}}),
      "In context=('properties', 'x'), objects provided via 'anyOf' must not share identical first keys. "
      "Consider adding a discriminator key or rearranging the properties to ensure the first key is unique.",
      "schema.properties.x.anyOf"),
@@ -327,3 +330,35 @@ def test_response_format_for_refuses_what_it_cannot_fix() -> None:
 def test_converter_rejects_other_inputs() -> None:
     with pytest.raises(TypeError, match="pydantic model class"):
         to_strict_schema(42)
+
+
+class TreeNode(BaseModel):
+    name: str
+    children: list["TreeNode"] = []
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool
+
+
+class Pet(BaseModel):
+    pet: Cat | Dog = Field(discriminator="kind")
+    seen_on: Optional[str] = Field(None, json_schema_extra={"format": "date"})
+
+
+@pytest.mark.parametrize("target", ["azure", "openai"])
+@pytest.mark.parametrize("model", [TreeNode, Pet])
+def test_recursive_and_discriminated_models_convert_cleanly(model: type[BaseModel], target: str) -> None:
+    strict = to_strict_schema(model, target=target)
+    assert lint_strict_schema(strict.schema, target=target) == []
+    if model is Pet:
+        assert "properties.pet: oneOf replaced by anyOf" in strict.changes
+        assert ("format" in strict.schema["properties"]["seen_on"]) == (target == "openai")
+    else:
+        assert strict.changes[0] == "(root): inlined $ref #/$defs/TreeNode (it had sibling keywords)"
