@@ -1,0 +1,123 @@
+"""Compare GGUF models on the walkthrough's three building requests, through the llama engine.
+
+For each model and each prompt variant (the walkthrough's system prompt as is, and with "Answer only
+with JSON matching this schema: …" appended by the engine's ``schema_in_prompt``), it runs the three requests and records latency,
+completion tokens, finish reason, schema validity and which fields are right.
+
+    python benchmarks/compare_models.py                               # the default model only
+    python benchmarks/compare_models.py --model gemma=PATH.gguf:gemma # plus another GGUF
+
+``NAME=PATH`` adds a model; a ``:gemma`` suffix gives it the Gemma chat template (for GGUF files
+without one). ``--json FILE`` writes every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from buildings import BUILDINGS, SCHEMA, field_scores, request_body  # noqa: E402
+
+from localbatch.engines._common import schema_violation  # noqa: E402
+from localbatch.engines.llama import LlamaEngine, default_model_path  # noqa: E402
+
+# Gemma's turn format; the system message goes at the top of the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' }}"
+    "{{ (prefix if loop.first else '') + m['content'] }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+def run_model(label: str, engine: LlamaEngine) -> list[dict[str, Any]]:
+    """Run the six requests (three buildings x two prompt variants) and return one row each."""
+    engine.load()
+    rows = []
+    engine.complete(request_body("shard"), model="warm-up")  # first call pages the weights in
+    for hint in (False, True):
+        engine.schema_in_prompt = hint
+        for custom_id in BUILDINGS:
+            body = request_body(custom_id)
+            start = time.perf_counter()
+            answer = engine.complete(body, model="gpt-4o-2024-08-06", custom_id=custom_id)
+            seconds = time.perf_counter() - start
+            choice = answer["choices"][0]
+            content = choice["message"]["content"]
+            valid = choice["finish_reason"] == "stop" and schema_violation(content, SCHEMA) is None
+            scores = field_scores(custom_id, content)
+            rows.append(
+                {
+                    "model": label,
+                    "schema_hint": hint,
+                    "custom_id": custom_id,
+                    "seconds": round(seconds, 2),
+                    "prompt_tokens": answer["usage"]["prompt_tokens"],
+                    "completion_tokens": answer["usage"]["completion_tokens"],
+                    "finish_reason": choice["finish_reason"],
+                    "valid": valid,
+                    "fields_right": sum(scores.values()),
+                    "scores": scores,
+                    "content": content,
+                }
+            )
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: one line per model and prompt variant."""
+    lines = [
+        "| model | schema in prompt | median s/request | completion tokens | valid | fields right (of 12) |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["model"], r["schema_hint"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for model, hint in keys:
+        group = [r for r in rows if r["model"] == model and r["schema_hint"] == hint]
+        lines.append(
+            f"| {model} | {'yes' if hint else 'no'} | {statistics.median(r['seconds'] for r in group):.2f} "
+            f"| {', '.join(str(r['completion_tokens']) for r in group)} "
+            f"| {sum(r['valid'] for r in group)}/{len(group)} | {sum(r['fields_right'] for r in group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH[:gemma]")
+    parser.add_argument("--json", type=Path, help="write every measurement to this file")
+    args = parser.parse_args(argv)
+    models: list[tuple[str, Path, str | None]] = [("smollm2-135m-instruct", default_model_path(), None)]
+    for spec in args.model:
+        name, _, rest = spec.partition("=")
+        path, _, template = rest.partition(":")
+        if not name or not path:
+            parser.error(f"--model wants NAME=PATH[:gemma], got {spec!r}")
+        models.append((name, Path(path), GEMMA_TEMPLATE if template == "gemma" else None))
+    rows: list[dict[str, Any]] = []
+    for label, path, template in models:
+        rows += run_model(label, LlamaEngine(path, chat_template=template))
+    for r in rows:
+        print(f"{r['model']:<24} hint={r['schema_hint']!s:<5} {r['custom_id']:<13} {r['seconds']:>5.2f}s "
+              f"{r['finish_reason']:<6} valid={r['valid']!s:<5} right={r['fields_right']} {r['content']}")
+    print()
+    print(summary(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
