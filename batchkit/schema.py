@@ -145,6 +145,16 @@ _ANNOTATIONS = frozenset({"examples", "example", "readOnly", "writeOnly", "depre
 # Keys that say what a node is; a node with none of them gets `schema.missing_type`
 # (composition keywords are reported as unsupported instead).
 _TYPE_LIKE = ("type", "anyOf", "enum", "const", "allOf", "oneOf", "not", "if")
+# Constraint keywords and the types they apply to.
+_KEYWORD_KIND: dict[str, tuple[str, ...]] = {
+    "pattern": ("string",), "format": ("string",),
+    "minimum": ("number", "integer"), "maximum": ("number", "integer"),
+    "exclusiveMinimum": ("number", "integer"), "exclusiveMaximum": ("number", "integer"),
+    "multipleOf": ("number", "integer"),
+    "minItems": ("array",), "maxItems": ("array",),
+    "items": ("array",), "properties": ("object",), "additionalProperties": ("object",),
+    "required": ("object",),
+}
 _TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 _FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
@@ -214,6 +224,7 @@ SCHEMA_RULES: dict[str, Severity] = {
     "schema.enum_type_mismatch": "error",
     "schema.format_unsupported": "error",
     "schema.pattern_invalid": "warning",
+    "schema.keyword_type_mismatch": "warning",
     "schema.nesting_depth": "error",
     "schema.too_many_properties": "error",
     "schema.string_length": "error",
@@ -561,6 +572,7 @@ class _SchemaLinter:
                 self.check_any_of_first_keys(any_of, parts)
         self.check_enum_const(node, parts, types)
         self.check_format_pattern(node, parts)
+        self.check_keyword_kinds(node, parts, types)
         return deepest_level, deepest_parts
 
     def check_keywords(self, node: Mapping[str, Any], parts: list[str | int], *, is_root: bool) -> None:
@@ -720,6 +732,19 @@ class _SchemaLinter:
                     extra_path=["const"],
                 )
 
+    def check_keyword_kinds(self, node: Mapping[str, Any], parts: list[str | int], types: list[str]) -> None:
+        """A constraint keyword on a node of another type (e.g. ``pattern`` on an integer) has
+        no effect: warn, so the constraint is not silently lost."""
+        for key, kind in _KEYWORD_KIND.items():
+            if key in node and key in self.rules.keywords and not any(t in kind for t in types):
+                where = "a schema without 'type'" if not types else f"type {node.get('type')!r}"
+                self.add(
+                    "schema.keyword_type_mismatch", parts,
+                    f"'{key}' applies to {' or '.join(kind)} values and has no effect on {where}.",
+                    f"Move '{key}' to the schema of the {' or '.join(kind)} it constrains.",
+                    extra_path=[key],
+                )
+
     def check_format_pattern(self, node: Mapping[str, Any], parts: list[str | int]) -> None:
         if "format" in node and "format" in self.rules.keywords:
             fmt = node["format"]
@@ -862,6 +887,22 @@ class _Converter:
             return {"anyOf": [node, {"type": "null"}]}
         return node
 
+    def push_into_branches(self, node: dict[str, Any], parts: Sequence[str | int]) -> None:
+        """Move constraint keywords next to ``anyOf`` (pydantic puts ``format`` of an
+        ``Optional[str]`` there) into the branches of the type they constrain."""
+        if "type" in node:
+            return
+        for key, kinds in _KEYWORD_KIND.items():
+            if key not in node or key in ("properties", "required", "additionalProperties", "items"):
+                continue
+            targets = [b for b in node["anyOf"] if isinstance(b, dict)
+                       and any(t in kinds for t in (_type_list(b) or []))]
+            value = node.pop(key)
+            for branch in targets:
+                branch.setdefault(key, copy.deepcopy(value))
+            self.note(parts, f"moved '{key}' into the {'/'.join(kinds)} branch of anyOf"
+                      if targets else f"removed '{key}' (no {'/'.join(kinds)} branch in anyOf)")
+
     def convert(self, node: Any, parts: list[str | int], *, is_root: bool = False) -> Any:
         if not isinstance(node, dict):
             return node
@@ -939,6 +980,7 @@ class _Converter:
         if isinstance(node.get("items"), dict):
             node["items"] = self.convert(node["items"], [*parts, "items"])
         if isinstance(node.get("anyOf"), list):
+            self.push_into_branches(node, parts)
             node["anyOf"] = [
                 self.convert(sub, [*parts, "anyOf", str(i)]) for i, sub in enumerate(node["anyOf"])
             ]

@@ -158,6 +158,13 @@ CASES: list[tuple[str, tuple[str, ...], Any, str, str]] = [
     ("schema.pattern_invalid", ("openai",), obj({"x": {"type": "string", "pattern": "(unclosed"}}),
      "In context=('properties', 'x'), pattern \"(unclosed\" may not be a valid regular expression "
      "(missing ), unterminated subpattern at position 0).", "schema.properties.x.pattern"),
+    ("schema.keyword_type_mismatch", ("openai",), obj({"x": {"type": "integer", "pattern": "^1"}}),
+     "In context=('properties', 'x'), 'pattern' applies to string values and has no effect on type 'integer'.",
+     "schema.properties.x.pattern"),
+    ("schema.keyword_type_mismatch", ("azure", "openai"),
+     obj({"x": {"type": "string", "properties": {}}}),
+     "In context=('properties', 'x'), 'properties' applies to object values and has no effect on type 'string'.",
+     "schema.properties.x.properties"),
     ("schema.nesting_depth", ("azure",), nested(6),
      "6 levels of nesting exceeds limit of 5.", "schema" + ".properties.child" * 5),
     ("schema.nesting_depth", ("openai",), nested(11),
@@ -359,6 +366,8 @@ def test_recursive_and_discriminated_models_convert_cleanly(model: type[BaseMode
     assert lint_strict_schema(strict.schema, target=target) == []
     if model is Pet:
         assert "properties.pet: oneOf replaced by anyOf" in strict.changes
-        assert ("format" in strict.schema["properties"]["seen_on"]) == (target == "openai")
+        branch = strict.schema["properties"]["seen_on"]["anyOf"][0]
+        assert ("format" in branch) == (target == "openai")
+        assert "format" not in strict.schema["properties"]["seen_on"]
     else:
         assert strict.changes[0] == "(root): inlined $ref #/$defs/TreeNode (it had sibling keywords)"
