@@ -360,13 +360,49 @@ def _lint_response_format(req: _Req, rf: Any, messages: Any, target: Target) -> 
         )
 
 
+def _lint_tools(req: _Req, tools: Any, target: Target) -> None:
+    if not isinstance(tools, list):
+        req.type_error(["tools"], "an array", tools)
+        return
+    for i, tool in enumerate(tools):
+        parts: list[str | int] = ["tools", i]
+        if not isinstance(tool, dict):
+            req.type_error(parts, "an object", tool)
+            continue
+        if tool.get("type") != "function":
+            shown = f"'{tool.get('type')}'" if isinstance(tool.get("type"), str) else json.dumps(tool.get("type"))
+            req.add(
+                "invalid_value", "request.tool_type", [*parts, "type"],
+                f"Invalid value: {shown}. Supported values are: 'function'.",
+                "Give each tool as {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}.",
+            )
+            continue
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            req.missing([*parts, "function"], "Describe the tool in 'function': {name, parameters}.")
+            continue
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            req.missing([*parts, "function", "name"], "Name the function.")
+            name = "function"
+        if fn.get("strict") is True and "parameters" in fn:
+            prefix = render_path("", [*parts, "function", "parameters"])
+            req.findings.extend(
+                lint_strict_schema(
+                    fn["parameters"], name=name, target=target, path_prefix=prefix,
+                    param=prefix, subject="function",
+                )
+            )
+
+
 def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
     """Check one Chat Completions request body the way the model endpoint would (HTTP 400s).
 
     Checks: unknown top-level parameters (allow-list `CHAT_BODY_KEYS`), ``messages`` present
     and well-formed, ``response_format`` shape (type values, ``json_schema.name`` pattern
     ``^[a-zA-Z0-9_-]{1,64}$``, schema present) and, when ``strict`` is true, every strict
-    schema rule of `target`; ``max_tokens``/``max_completion_tokens`` positive integers,
+    schema rule of `target`; ``tools`` shape and, for ``strict`` functions, their parameter
+    schemas; ``max_tokens``/``max_completion_tokens`` positive integers,
     ``temperature`` 0..2, ``top_p`` 0..1, penalties -2..2, ``n`` >= 1 (a warning above 1: every
     choice is billed and result parsers read the first), ``stream`` not true in a batch.
     ``model`` is a batch-level matter (`lint_batch_file`); the context length is left to the
@@ -402,6 +438,8 @@ def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
         _lint_messages(req, body["messages"])
     if "response_format" in body and body["response_format"] is not None:
         _lint_response_format(req, body["response_format"], body.get("messages"), target)
+    if body.get("tools") is not None:
+        _lint_tools(req, body["tools"], target)
     for key in ("max_tokens", "max_completion_tokens"):
         if body.get(key) is not None:
             req.range_check([key], body[key], lo=1, hi=None, integer=True)

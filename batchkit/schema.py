@@ -308,7 +308,10 @@ def _value_matches(value: Any, types: Iterable[str]) -> bool:
 
 
 class _SchemaLinter:
-    def __init__(self, root: Any, *, name: str, rules: RuleSet, prefix: str, param: str) -> None:
+    def __init__(
+        self, root: Any, *, name: str, rules: RuleSet, prefix: str, param: str, subject: str
+    ) -> None:
+        self.subject = subject
         self.root = root
         self.name = name
         self.rules = rules
@@ -332,7 +335,7 @@ class _SchemaLinter:
         with_context: bool = True,
         extra_path: Sequence[str | int] = (),
     ) -> None:
-        head = f"Invalid schema for response_format '{self.name}': "
+        head = f"Invalid schema for {self.subject} '{self.name}': "
         body = f"In context={_ctx(parts)}, {text}" if with_context else text
         self.findings.append(
             Finding(
@@ -778,6 +781,7 @@ def lint_strict_schema(
     target: Target = "openai",
     path_prefix: str = "schema",
     param: str = "response_format",
+    subject: str = "response_format",
 ) -> list[Finding]:
     """Check a strict-mode JSON Schema against every rule and limit of `target`.
 
@@ -790,6 +794,8 @@ def lint_strict_schema(
             500 enum values).
         path_prefix: the JSON path the returned ``Finding.path`` values start with.
         param: the ``param`` of the 400 answer (``response_format`` for chat).
+        subject: what the message says the schema belongs to: ``response_format`` or, for a
+            strict tool, ``function`` (``Invalid schema for function 'name': ...``).
 
     Returns:
         Findings in document order (size-limit findings last); ``[]`` for a compliant schema.
@@ -797,7 +803,9 @@ def lint_strict_schema(
         anyOf add no level; ``$ref`` targets count where they are used).
     """
     rules = _ruleset(target)
-    return _SchemaLinter(schema, name=name, rules=rules, prefix=path_prefix, param=param).run()
+    return _SchemaLinter(
+        schema, name=name, rules=rules, prefix=path_prefix, param=param, subject=subject
+    ).run()
 
 
 # --------------------------------------------------------------------------------------------

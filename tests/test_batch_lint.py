@@ -293,6 +293,13 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], tuple[str, str, str]]] = [
      ("invalid_value", "stop", "Invalid 'stop': expected a string or an array of at most 4 strings.")),
     ("stream", body(stream=True),
      ("invalid_value", "stream", "Invalid value for 'stream': streaming is not supported in batch requests.")),
+    ("tool_type", body(tools=[{"type": "retrieval"}]),
+     ("invalid_value", "tools[0].type", "Invalid value: 'retrieval'. Supported values are: 'function'.")),
+    ("tool_strict_schema", body(tools=[{"type": "function", "function": {
+        "name": "lookup", "strict": True,
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]),
+     ("invalid_schema", "tools[0].function.parameters", "Invalid schema for function 'lookup': In context=(), "
+      "'additionalProperties' is required to be supplied and to be false.")),
     ("body_not_object", [1],  # type: ignore[list-item]
      ("invalid_type", "", "Invalid type for 'body': expected an object, but got an array instead.")),
 ]
