@@ -430,3 +430,33 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     done = run_cli(str(tmp_path / "nope.jsonl"))
     assert done.returncode == 2
     assert "no such file" in done.stderr
+
+
+# ---------------------------------------------------------------------------------- rule coverage
+
+
+def test_every_rule_of_the_linter_has_a_breaking_example() -> None:
+    """Each rule id in batchkit/lint.py is produced by at least one example in this file."""
+    import re
+
+    import batchkit.lint as module
+
+    source = Path(module.__file__).read_text()
+    declared = set(re.findall(r'"((?:batch|request|metadata)\.[a-z_]+)"', source))
+    produced: set[str] = set()
+    for _, target, rows, kw, _ in BAD_FILES:
+        produced |= {f.rule for f in lint(enc(*rows), target, **kw)}
+    bom = enc(*SEED_ROWS)
+    bom[0] = b"\xef\xbb\xbf" + bom[0]
+    produced |= {f.rule for f in lint(bom, "azure")}
+    produced |= {f.rule for f in lint(b"", "azure")}
+    produced |= {f.rule for f in lint(enc(row(0)) + [b"\n"] + enc(row(1)), "azure")}
+    produced |= {f.rule for f in lint(SEED, "openai")}
+    for _, the_body, _ in REQUEST_CASES:
+        produced |= {f.rule for f in lint_request_body(the_body, target="openai")}
+    produced |= {f.rule for f in lint_request_body(body(n=3))}
+    produced |= {f.rule for f in lint_request_body(body(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}))}
+    for metadata in ("tag", {"x": 1}, {f"k{i}": "v" for i in range(17)}, {"k" * 65: "v"}, {"x": "v" * 513}):
+        produced |= {f.rule for f in lint_batch_metadata(metadata)}
+    assert declared <= produced, sorted(declared - produced)
