@@ -7,8 +7,8 @@ completion tokens, finish reason, schema validity and which fields are right.
     python benchmarks/compare_models.py                               # the default model only
     python benchmarks/compare_models.py --model gemma=PATH.gguf:gemma # plus another GGUF
 
-``NAME=PATH`` adds a model; a ``:gemma`` suffix gives it the Gemma chat template (for GGUF files
-without one). ``--json FILE`` writes every measurement.
+``NAME=PATH`` adds a model; a ``:gemma`` suffix gives it the engine's Gemma chat template (for GGUF
+files without one). ``--json FILE`` writes every measurement.
 """
 
 from __future__ import annotations
@@ -27,20 +27,6 @@ from buildings import BUILDINGS, SCHEMA, field_scores, request_body  # noqa: E40
 
 from localbatch.engines._common import schema_violation  # noqa: E402
 from localbatch.engines.llama import LlamaEngine, default_model_path  # noqa: E402
-
-# Gemma's turn format; the system message goes at the top of the first user turn.
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{%- for m in turns -%}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' }}"
-    "{{ (prefix if loop.first else '') + m['content'] }}{{ '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-
 
 def run_model(label: str, engine: LlamaEngine) -> list[dict[str, Any]]:
     """Run the six requests (three buildings x two prompt variants) and return one row each."""
@@ -105,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         path, _, template = rest.partition(":")
         if not name or not path:
             parser.error(f"--model wants NAME=PATH[:gemma], got {spec!r}")
-        models.append((name, Path(path), GEMMA_TEMPLATE if template == "gemma" else None))
+        models.append((name, Path(path), template or None))
     rows: list[dict[str, Any]] = []
     for label, path, template in models:
         rows += run_model(label, LlamaEngine(path, chat_template=template))

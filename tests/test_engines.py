@@ -180,6 +180,15 @@ def test_llama_rejects_a_schema_it_cannot_compile(llama: LlamaEngine) -> None:
     assert "Invalid schema for response_format 'building'" in caught.value.message
 
 
+def test_llama_chat_template_by_name_or_text(tmp_path: Path) -> None:
+    from localbatch.engines.llama import CHAT_TEMPLATES
+
+    named = LlamaEngine(chat_template="gemma")
+    assert named.chat_template == CHAT_TEMPLATES["gemma"] and "<start_of_turn>" in named.chat_template
+    assert LlamaEngine(chat_template="{{ messages }}").chat_template == "{{ messages }}"
+    assert LlamaEngine().chat_template is None
+
+
 def test_llama_missing_model_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="--model PATH"):
         create_engine("llama", model_path=str(tmp_path / "absent.gguf"))
@@ -417,6 +426,20 @@ def test_forward_retries_429_and_5xx_then_succeeds() -> None:
     assert waits == [0.0, 0.02, 0.04]  # Retry-After: 0, then the doubling backoff
     assert upstream.headers[0]["Authorization"] == "Bearer sk-test"
     assert upstream.requests[0]["model"] == MODEL  # no forward_model and no model in the body
+
+
+def test_forward_reads_the_upstream_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALBATCH_FORWARD_API_KEY", "sk-from-env")
+    with _Upstream() as upstream:
+        engine = ForwardEngine(upstream.url)
+        engine.complete(synthetic_body(BUILDING_SCHEMA), model=MODEL)
+        engine.close()
+        monkeypatch.delenv("LOCALBATCH_FORWARD_API_KEY")
+        bare = ForwardEngine(upstream.url)
+        bare.complete(synthetic_body(BUILDING_SCHEMA), model=MODEL)
+        bare.close()
+    assert upstream.headers[0]["Authorization"] == "Bearer sk-from-env"
+    assert "Authorization" not in upstream.headers[1]
 
 
 def test_forward_passes_an_upstream_400_through_and_gives_up_on_persistent_5xx() -> None:

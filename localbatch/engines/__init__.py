@@ -15,7 +15,17 @@ __all__ = ["Engine", "EngineRequestError", "ENGINE_NAMES", "create_engine"]
 # Options each engine accepts (anything else is an error naming the option).
 _OPTIONS: dict[str, frozenset[str]] = {
     "llama": frozenset(
-        {"model_path", "n_ctx", "max_tokens_cap", "threads", "chat_template", "seed", "temperature", "concurrency"}
+        {
+            "model_path",
+            "n_ctx",
+            "max_tokens_cap",
+            "threads",
+            "chat_template",
+            "seed",
+            "temperature",
+            "schema_in_prompt",
+            "concurrency",
+        }
     ),
     "synthetic": frozenset({"concurrency", "max_tokens_cap"}),
     "forward": frozenset(
@@ -33,9 +43,10 @@ def create_engine(name: str, **options: Any) -> Engine:
         **options: engine settings; options whose value is None are ignored, so a caller can pass
             its whole configuration.
             llama: ``model_path``, ``n_ctx``, ``max_tokens_cap``, ``threads``, ``chat_template``,
-            ``seed``, ``temperature`` (``concurrency`` is accepted and ignored: one request at a time).
+            ``seed``, ``temperature``, ``schema_in_prompt`` (``concurrency`` is accepted and ignored: one request at a time).
             synthetic: ``concurrency``, ``max_tokens_cap``.
-            forward: ``forward_url`` (required), ``forward_api_key``, ``forward_model``,
+            forward: ``forward_url`` (required), ``forward_api_key`` (default: the environment
+            variable ``LOCALBATCH_FORWARD_API_KEY``), ``forward_model``,
             ``concurrency``, ``timeout``, ``retries``, ``backoff``.
 
     Raises:

@@ -8,6 +8,7 @@ the line's error (the upstream error body is passed through).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from .base import EngineRequestError
 
 __all__ = ["ForwardEngine"]
 
+#: Where the forward engine finds the upstream key when none is passed (keeps it off command lines).
+API_KEY_VARIABLE = "LOCALBATCH_FORWARD_API_KEY"
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -55,7 +58,8 @@ class ForwardEngine:
         Args:
             forward_url: the endpoint's base URL, e.g. ``http://127.0.0.1:8000/v1``
                 (``/chat/completions`` is appended).
-            forward_api_key: sent as ``Authorization: Bearer …``; None sends no key.
+            forward_api_key: sent as ``Authorization: Bearer …``; None reads the environment
+                variable ``LOCALBATCH_FORWARD_API_KEY`` when the first request is sent (unset: no key).
             forward_model: the model name the upstream serves; None sends the body's own ``model``
                 (or, without one, the reported model name).
             concurrency: requests in flight at most (also the worker's ``max_concurrency``).
@@ -92,8 +96,9 @@ class ForwardEngine:
                 import httpx2  # the openai SDK's HTTP client, imported on first use
 
                 headers = {"Content-Type": "application/json"}
-                if self._api_key:
-                    headers["Authorization"] = f"Bearer {self._api_key}"
+                key = self._api_key or os.environ.get(API_KEY_VARIABLE)
+                if key:
+                    headers["Authorization"] = f"Bearer {key}"
                 self._client = httpx2.Client(
                     headers=headers,
                     timeout=httpx2.Timeout(self._timeout, connect=10.0),

