@@ -85,9 +85,12 @@ def refresh_notebooks(root: Path, notebooks: Sequence[str] = NOTEBOOKS, *, timeo
             timeout=timeout,
             kernel_name="python3",
             resources={"metadata": {"path": str(path.parent)}},
+            record_timing=False,  # no per-cell timestamps in committed notebooks
         )
         client.execute()
         notebook.metadata.pop("widgets", None)  # widget state: large and different on every run
+        for cell in notebook.cells:
+            cell.metadata.pop("execution", None)  # timestamps of an earlier run with timing on
         nbformat.write(notebook, path)
         print(f"  refreshed notebooks/{name}", flush=True)
 

@@ -55,6 +55,7 @@ def test_committed_outputs_are_clean(path: Path) -> None:
     for index, cell in enumerate(notebook.cells):
         assert cell.source.strip(), f"cell {index} is empty"
         assert "papermill" not in cell.metadata, f"cell {index} carries papermill metadata"
+        assert "execution" not in cell.metadata, f"cell {index} carries execution timestamps"
         if cell.cell_type != "code":
             continue
         for output in cell.outputs:
