@@ -220,6 +220,7 @@ def write_jsonl(
     check: bool = True,
     target: Target = "azure",
     deployments: Mapping[str, str] | None = None,
+    quota: int | None = None,
 ) -> Path:
     """Write request lines to `path` (folders created); lint first and refuse a file that would fail.
 
@@ -229,6 +230,8 @@ def write_jsonl(
         check: run `lint_requests` and raise `LintError` (writing nothing) on any error finding.
         target: `azure` or `openai` rules for the lint.
         deployments: deployment name -> kind for the model checks (None skips them).
+        quota: an enqueued-token quota (e.g. `Estimate.quota`); with `check`, a file whose estimated
+            input tokens exceed it is refused too (it would fail with `token_limit_exceeded`).
 
     Returns:
         The path written.
@@ -237,6 +240,12 @@ def write_jsonl(
     check_unique_ids(lines)
     if check:
         findings = lint_requests(lines, target=target, deployments=deployments)
+        if quota:
+            from batchkit.estimate import estimate_batch
+
+            over = estimate_batch(lines, quota=quota).quota_finding
+            if over is not None:
+                findings.append(over)
         errors = [f for f in findings if getattr(f, "severity", "error") == "error"]
         if errors:
             first = errors[0]

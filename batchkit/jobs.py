@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from batchkit.errors import JobError, PollTimeout
+from batchkit.errors import JobError, LintError, PollTimeout
 from batchkit.progress import Reporter, make_reporter
 
 T = TypeVar("T")
@@ -173,8 +173,19 @@ def create_batch(
 
     `endpoint` must match the lines' `url`: `/chat/completions` on Azure and the local service,
     `/v1/chat/completions` on OpenAI (`Connection.batch_url`).
+
+    Raises:
+        LintError: `metadata` breaks a rule the service checks (at most 16 string pairs, keys up to
+            64 and values up to 512 characters); nothing is sent.
     """
     kwargs: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": completion_window}
+    if metadata is not None:
+        from batchkit.lint import has_errors, lint_batch_metadata
+
+        findings = lint_batch_metadata(metadata)
+        if has_errors(findings):
+            details = "; ".join(f"{f.path or 'metadata'}: {f.message} {f.fix or ''}".strip() for f in findings)
+            raise LintError(f"The batch metadata would be rejected, so no batch was created: {details}", findings)
     if metadata:
         kwargs["metadata"] = dict(metadata)
     return client.batches.create(**kwargs)

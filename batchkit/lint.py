@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -84,6 +85,8 @@ _ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 _RF_TYPES = ("json_object", "json_schema", "text")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _BOM = b"\xef\xbb\xbf"
+#: A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF): only valid as a high+low pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _AZURE_MODEL_MESSAGE = (
     "Validation failed: A valid model deployment name couldn't be extracted from the input file. "
     "Please ensure that each row in the input file has a valid deployment name specified in the "
@@ -563,6 +566,15 @@ def _iter_lines(source: Any) -> Iterator[bytes]:
         yield item.encode("utf-8") if isinstance(item, str) else bytes(item)
 
 
+def _is_unicode_text(obj: Any) -> bool:
+    """True when every string in ``obj`` (keys included) is valid Unicode (no lone surrogate)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -673,6 +685,15 @@ def lint_batch_file(
                 "This line is not parseable as valid JSON.",
                 "Write each request as one JSON object on one line (json.dumps without indent), "
                 "UTF-8 encoded.",
+            )
+            continue
+        if _SURROGATE_ESCAPE.search(stripped) and not _is_unicode_text(obj):
+            yield batch(
+                "invalid_json_line", "batch.unpaired_surrogate", "",
+                "This line is not parseable as valid JSON: it holds an unpaired UTF-16 surrogate "
+                "escape (\\ud800-\\udfff), which is not a Unicode character.",
+                "Fix the text that produced the escape (often a string cut in the middle of an emoji); "
+                "a surrogate escape is only valid as a high+low pair.",
             )
             continue
         if not isinstance(obj, dict):
@@ -901,6 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(args.file):
         print(f"error: {args.file}: no such file; give the path of a batch .jsonl file", file=sys.stderr)
         return 2
+    if hasattr(sys.stdout, "reconfigure"):  # a finding quoting odd text must never crash the report
+        sys.stdout.reconfigure(errors="backslashreplace")
     errors = warnings = 0
     for f in lint_batch_file(
         args.file, target=args.target, deployments=_parse_deployments(args.deployment),

@@ -135,6 +135,17 @@ def test_write_jsonl_lints_and_refuses_a_failing_file(tmp_path: Path) -> None:
     authoring.write_jsonl(fixed, tmp_path / "fixed.jsonl")
 
 
+def test_write_jsonl_refuses_a_file_over_the_token_quota(tmp_path: Path) -> None:
+    lines = authoring.build_requests(seed_rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch")
+    with pytest.raises(LintError) as info:
+        authoring.write_jsonl(lines, tmp_path / "big.jsonl", quota=100)
+    assert not (tmp_path / "big.jsonl").exists()
+    assert [f.code for f in info.value.findings] == ["token_limit_exceeded"]
+    assert "quota of 100" in str(info.value)
+    authoring.write_jsonl(lines, tmp_path / "fits.jsonl", quota=10_000)
+    assert (tmp_path / "fits.jsonl").exists()
+
+
 def test_duplicate_ids_checked_again_at_write(tmp_path: Path) -> None:
     lines = [{"custom_id": "x", "body": {}}, {"custom_id": "x", "body": {}}]
     with pytest.raises(AuthoringError, match="'x'"):

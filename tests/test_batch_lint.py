@@ -96,6 +96,8 @@ BAD_FILES: list[tuple[str, str, list[Any], dict[str, Any], tuple[int | None, str
      (2, "invalid_json_line", "")),
     ("invalid_json_nan", "openai", [b'{"custom_id": "a", "x": NaN}\n'], {}, (1, "invalid_json_line", "")),
     ("invalid_utf8", "azure", [row(0), b'{"custom_id": "\xff\xfe"}\n'], {}, (2, "invalid_json_line", "")),
+    ("unpaired_surrogate", "azure", [row(0), b'{"custom_id": "\\ud800", "method": "POST"}\n'], {},
+     (2, "invalid_json_line", "")),
     ("line_not_object", "azure", [row(0), b"[1, 2]\n"], {}, (2, "invalid_request", "")),
     ("missing_key", "azure", [row(0), row(1, method=None)], {}, (2, "invalid_request", "method")),
     ("extra_key", "azure", [row(0), row(1, priority="high")], {}, (2, "invalid_request", "priority")),

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from batchkit import authoring, jobs, results
-from batchkit.errors import JobError, PollTimeout
+from batchkit.errors import JobError, LintError, PollTimeout
 from batchkit.progress import TextReporter, make_reporter, status_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +146,17 @@ def test_azure_flow_upload_wait_create_poll_download(service: SimpleNamespace, t
     listed = jobs.batches_frame(jobs.list_batches(client, limit=50))
     assert batch.id in set(listed["id"])
     assert list(listed.columns) == ["id", "status", "created_at", "completed", "failed", "total"]
+
+
+def test_bad_metadata_is_refused_before_the_batch_is_created(service: SimpleNamespace, tmp_path: Path) -> None:
+    client = service.azure
+    ready = jobs.wait_for_file(client, jobs.upload_file(client, _write(tmp_path, 1)).id, interval=0.1)
+    before = {b.id for b in client.batches.list(limit=100)}
+    with pytest.raises(LintError) as info:
+        jobs.create_batch(client, ready.id, metadata={"run": 7})
+    assert "metadata.run" in str(info.value) and "expected a string, but got an integer" in str(info.value)
+    assert info.value.findings[0].code == "invalid_type"
+    assert {b.id for b in client.batches.list(limit=100)} == before  # nothing was sent
 
 
 def test_cancel_and_cancel_again(service: SimpleNamespace, tmp_path: Path) -> None:

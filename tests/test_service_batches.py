@@ -4,6 +4,7 @@ cancelled mid-run, expired, and several batches at once; result files line by li
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -127,6 +128,15 @@ def test_requests_the_endpoint_would_reject_become_400_error_lines(fast_service:
         "type": "invalid_request_error", "param": "response_format", "code": None}}
     assert by_id["bad-param"]["response"]["body"]["error"]["code"] == "unknown_parameter"
     assert by_id["bad-param"]["response"]["body"]["error"]["message"] == "Unknown parameter: 'colour'."
+    # The pre-flight lint flags exactly these lines, with the very error bodies the service wrote.
+    from batchkit.lint import lint_batch_file
+
+    flagged = {}
+    for f in lint_batch_file(jsonl(lines_in).splitlines(keepends=True), target=dialect):  # type: ignore[arg-type]
+        if f.severity == "error":
+            assert f.scope == "request", f
+            flagged.setdefault(f.custom_id, f.error_body())
+    assert flagged == {cid: by_id[cid]["response"]["body"] for cid in ("bad-schema", "bad-param")}
 
 
 @pytest.mark.parametrize("dialect", ["azure", "openai"])
@@ -209,6 +219,34 @@ def test_validation_failures(fast_service: Any, dialect: str, content: bytes, co
     if code == "empty_file":
         assert batch["errors"]["data"][0]["message"] == (
             "The input file is empty. Please ensure that the batch contains at least one request.")
+    # The pre-flight checks on the same file give the same verdict, line for line (the quota
+    # check words its estimate differently, but counts the same tokens).
+    preflight = _preflight_errors(dialect, content, OA_URL if dialect == "openai" else "/chat/completions")
+    assert [(c, n) for c, n, _ in preflight] == [(e["code"], e["line"]) for e in batch["errors"]["data"]]
+    for (_, _, message), error in zip(preflight, batch["errors"]["data"]):
+        if code == "token_limit_exceeded":
+            needed = re.search(r"needs ([\d,]+)", error["message"]).group(1)  # type: ignore[union-attr]
+            assert f"Estimated {needed} enqueued input tokens" in message
+        else:
+            assert message == error["message"]
+
+
+def _preflight_errors(dialect: str, content: bytes, endpoint: str) -> list[tuple[str, int | None, str]]:
+    """The batch-failing findings of the client-side lint and quota estimate for ``content``, as the
+    service configured by the fast_service fixture would see them (its deployments and quota)."""
+    from batchkit.estimate import estimate_batch
+    from batchkit.lint import lint_batch_file
+    from localbatch.config import Settings
+    from localbatch.validation import lint_deployments
+
+    deployments = lint_deployments(Settings(), dialect)  # type: ignore[arg-type]
+    findings = [f for f in lint_batch_file(content.splitlines(keepends=True), target=dialect,  # type: ignore[arg-type]
+                                           deployments=deployments, endpoint=endpoint)
+                if f.severity == "error" and f.scope == "batch"]
+    if not findings:
+        quota = estimate_batch(content, quota=FAST_TOKEN_QUOTA).quota_finding
+        findings = [quota] if quota is not None and quota.severity == "error" else []
+    return [(f.code, f.line, f.message) for f in findings]
 
 
 # ----- cancel, expiry, several batches at once ---------------------------------------------------
