@@ -49,7 +49,12 @@ class TextReporter:
 
 
 class WidgetReporter:
-    """An ipywidgets display: a status label, a progress bar of completed+failed of total, elapsed time."""
+    """An ipywidgets display: a status label, a progress bar of completed+failed of total, elapsed time.
+
+    The display also carries the status line as its ``text/plain`` form, refreshed on every change
+    of status or counts: a headless run (papermill) stores the last line in the output notebook,
+    where the widget itself cannot be shown.
+    """
 
     def __init__(self) -> None:
         import ipywidgets as widgets
@@ -59,7 +64,16 @@ class WidgetReporter:
         self._bar = widgets.IntProgress(value=0, min=0, max=1, description="requests", bar_style="info")
         self._counts = widgets.Label(value="")
         self.box = widgets.VBox([self._label, widgets.HBox([self._bar, self._counts])])
-        display(self.box)
+        self.line = "waiting for the first status…"
+        self._last: tuple[Any, ...] | None = None
+        self._handle = display(self, display_id=True)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The widget's own view, with the latest status line as the plain-text form."""
+        bundle = self.box._repr_mimebundle_(include=include, exclude=exclude) or {}
+        data = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
+        data["text/plain"] = self.line
+        return data
 
     def update(self, batch: Any, elapsed: float) -> None:
         """Refresh the label, bar and counts from `batch`."""
@@ -72,6 +86,12 @@ class WidgetReporter:
             self._bar.bar_style = "success" if failed == 0 else "warning"
         elif batch.status in ("failed", "expired", "cancelled"):
             self._bar.bar_style = "danger"
+        key = (batch.status, completed, failed, total)
+        if key != self._last:
+            self._last = key
+            self.line = status_line(batch, elapsed)
+            if self._handle is not None:
+                self._handle.update(self)
 
     def close(self) -> None:
         """Leave the widget showing the final state."""

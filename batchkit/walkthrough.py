@@ -31,6 +31,10 @@ FOREIGN_SETTINGS: tuple[str, ...] = (
     "BATCH_DEPLOYMENT",
 )
 
+#: Kernel arguments for headless runs: the kernel's own log lines (a warning about its loopback
+#: transport at start, the interrupt it gets at shutdown) are noise on the console, not results.
+QUIET_KERNEL: tuple[str, ...] = ("--IPKernelApp.log_level=CRITICAL",)
+
 
 def local_environment(base_url: str, api_key: str) -> dict[str, str]:
     """The variables that point `connect()` at a running local service."""
@@ -63,6 +67,7 @@ def run_notebooks(
             kernel_name="python3",
             progress_bar=False,
             log_output=False,
+            extra_arguments=list(QUIET_KERNEL),
         )
         written.append(target)
     return written
@@ -86,6 +91,7 @@ def refresh_notebooks(root: Path, notebooks: Sequence[str] = NOTEBOOKS, *, timeo
             kernel_name="python3",
             resources={"metadata": {"path": str(path.parent)}},
             record_timing=False,  # no per-cell timestamps in committed notebooks
+            extra_arguments=list(QUIET_KERNEL),
         )
         client.execute()
         notebook.metadata.pop("widgets", None)  # widget state: large and different on every run

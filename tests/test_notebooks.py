@@ -58,6 +58,9 @@ def test_committed_outputs_are_clean(path: Path) -> None:
         assert "execution" not in cell.metadata, f"cell {index} carries execution timestamps"
         if cell.cell_type != "code":
             continue
+        for line in cell.source.splitlines():  # nbval only honours a marker alone on its comment line
+            if "NBVAL_" in line:
+                assert re.fullmatch(r"#\s*NBVAL_[A-Z_]+", line.strip()), f"cell {index}: {line!r} is not a marker nbval reads"
         for output in cell.outputs:
             assert output.output_type != "error", f"cell {index} has an error output"
             assert output.get("name") != "stderr", f"cell {index} wrote to stderr: {output.get('text', '')[:200]}"
@@ -119,6 +122,12 @@ def test_papermill_sequence_with_other_parameters(papermill_service: str, tmp_pa
     assert list(results["prompt"]) == ["Provide info about Taipei 101", "Provide info about the CN Tower"]
     assert set(results["outcome"]) == {"ok"}
     assert results[["BuildingName", "HeightInFeet", "City", "Country"]].notna().all().all()
+    # The progress display's plain-text form, kept in the headless run, is the final status line.
+    polled = next(c for c in nbformat.read(tmp_path / "runs" / NOTEBOOKS[1], as_version=4).cells
+                  if "jobs.poll_batch(client, batch.id" in c.source)
+    (shown,) = [o for o in polled.outputs if o.output_type == "display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    assert re.fullmatch(rf"{record['batch_id']} completed: 2/2 completed, 0 failed \(\d+s\)", shown.data["text/plain"])
     ran = nbformat.read(tmp_path / "runs" / NOTEBOOKS[2], as_version=4)
     injected = [c for c in ran.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and record["batch_id"] in injected[0].source
