@@ -277,7 +277,10 @@ def list_files(
     order: str = Query("desc", pattern="^(asc|desc)$"),
 ) -> dict[str, Any]:
     """``files.list``: newest first by default; ``after``/``limit`` pagination."""
-    rows, more = _service(request).store.list_files(purpose=purpose, after=after, limit=limit, order=order)
+    try:
+        rows, more = _service(request).store.list_files(purpose=purpose, after=after, limit=limit, order=order)
+    except LookupError:
+        raise _unknown_cursor(after, "file") from None
     now = time.time()
     return render_list([render_file(r, now) for r in rows], more)
 
@@ -365,8 +368,18 @@ def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
 def list_batches(request: Request, after: str | None = None,
                  limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
     """``batches.list``: newest first, ``after``/``limit`` pagination."""
-    rows, more = _service(request).store.list_batches(after=after, limit=limit)
+    try:
+        rows, more = _service(request).store.list_batches(after=after, limit=limit)
+    except LookupError:
+        raise _unknown_cursor(after, "batch") from None
     return render_list([render_batch(r) for r in rows], more)
+
+
+def _unknown_cursor(after: str | None, kind: str) -> ApiError:
+    """The 400 for a list ``after`` cursor that names no object."""
+    return ApiError(400, f"Invalid 'after': no {kind} with id '{after}'. Pass the id of the last item of the "
+                    "previous page, or leave 'after' out to start from the first page.",
+                    param="after", code="invalid_value", azure_code="invalidPayload")
 
 
 def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:

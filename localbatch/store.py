@@ -192,7 +192,10 @@ class Store:
     def list_files(
         self, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> tuple[list[sqlite3.Row], bool]:
-        """A page of live files in creation order (``asc``/``desc``) after the file ``after``."""
+        """A page of live files in creation order (``asc``/``desc``) after the file ``after``.
+
+        Raises LookupError when no file (live or deleted) has the id ``after``.
+        """
         return self._page("files", "deleted = 0" + (" AND purpose = ?" if purpose else ""),
                           (purpose,) if purpose else (), after, limit, order)
 
@@ -210,9 +213,10 @@ class Store:
         desc = order == "desc"
         if after:
             anchor = self._one(f"SELECT seq FROM {table} WHERE id = ?", (after,))
-            if anchor is not None:
-                where += f" AND seq {'<' if desc else '>'} ?"
-                args = (*args, anchor["seq"])
+            if anchor is None:  # restarting from the first page would make a pager repeat items
+                raise LookupError(after)
+            where += f" AND seq {'<' if desc else '>'} ?"
+            args = (*args, anchor["seq"])
         rows = self._all(
             f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?",
             (*args, limit + 1),
@@ -236,7 +240,7 @@ class Store:
         return self._one("SELECT * FROM batches WHERE id = ?", (batch_id,))
 
     def list_batches(self, *, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
-        """A page of batches, newest first, after the batch ``after``."""
+        """A page of batches, newest first, after the batch ``after`` (LookupError: no such batch)."""
         return self._page("batches", "1 = 1", (), after, limit, "desc")
 
     def active_batches(self) -> list[sqlite3.Row]:

@@ -351,6 +351,18 @@ def test_batch_list_pagination(fast_service: Any) -> None:
     assert seen[:3] == ids[::-1] and len(seen) == len(set(seen))
 
 
+@pytest.mark.parametrize("dialect", ["azure", "openai"])
+def test_an_unknown_list_cursor_is_a_400_not_the_first_page_again(fast_service: Any, dialect: str) -> None:
+    client = client_for(dialect, fast_service)
+    for listing, kind in ((client.files.list, "file"), (client.batches.list, "batch")):
+        with pytest.raises(openai.BadRequestError) as info:
+            listing(after="no-such-id", limit=1)
+        assert f"no {kind} with id 'no-such-id'" in str(info.value)
+    gone = upload(client, jsonl([chat_line("gone")]), wait=False)["id"]
+    client.files.delete(gone)
+    assert isinstance(client.files.list(after=gone, limit=1).data, list)  # a deleted file is still a cursor
+
+
 def test_batch_create_checks(fast_service: Any) -> None:
     az, oa = client_for("azure", fast_service), client_for("openai", fast_service)
     f_az = upload(az, jsonl([chat_line("a")]))
