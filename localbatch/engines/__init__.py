@@ -73,5 +73,6 @@ def create_engine(name: str, **options: Any) -> Engine:
     from .forward import ForwardEngine
 
     if "forward_url" not in given:
-        raise ValueError("The forward engine needs forward_url (e.g. --forward-url http://127.0.0.1:8000/v1).")
+        raise ValueError("The forward engine needs the upstream URL: pass --forward-url http://127.0.0.1:8000/v1 "
+                         "(or --engine-option forward_url=..., or set LOCALBATCH_FORWARD_URL).")
     return ForwardEngine(**given)
