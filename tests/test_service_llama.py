@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openai
 import pytest
 from openai import AzureOpenAI
-from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 
-from conftest import API_KEY, SEED_FIELDS, SEED_SCHEMA, azure_client, chat_line, check_model, jsonl, run_batch, \
-    read_lines, seed_lines
+from conftest import API_KEY, SEED_FIELDS, SEED_SCHEMA, azure_client, chat_line, check_batch, check_file, check_model, \
+    jsonl, raw, read_lines, run_batch, seed_lines
 
 
 def test_seed_walkthrough_sequence_on_the_default_engine(llama_service: Any, tmp_path: Path,
@@ -35,30 +35,32 @@ def test_seed_walkthrough_sequence_on_the_default_engine(llama_service: Any, tmp
         api_version="2024-10-01-preview",
     )
     with batch_file.open("rb") as fh:
-        file = client.files.create(file=fh, purpose="batch")
+        uploaded, file = raw(client.files.with_raw_response.create, file=fh, purpose="batch")
+    check_file(uploaded)
     assert file.status == "pending"
     file_id = file.id
 
     status = "pending"
     while status != "processed":
         time.sleep(0.5)
-        file_response = client.files.retrieve(file_id)
+        data, file_response = raw(client.files.with_raw_response.retrieve, file_id)
+        check_file(data)
         status = file_response.status
         assert status in ("pending", "processed"), file_response.status_details
-    FileObject.model_validate(file_response.model_dump(), strict=True)
 
-    batch_response = client.batches.create(input_file_id=file_id, endpoint="/chat/completions",
-                                           completion_window="24h")
+    created, batch_response = raw(client.batches.with_raw_response.create, input_file_id=file_id,
+                                  endpoint="/chat/completions", completion_window="24h")
+    check_batch(created)
     batch_id = batch_response.id
     assert batch_response.status == "validating"
 
     status = "validating"
     while status not in ("completed", "failed", "canceled", "cancelled", "expired"):
         time.sleep(1)
-        batch_response = client.batches.retrieve(batch_id)
+        data, batch_response = raw(client.batches.with_raw_response.retrieve, batch_id)
+        check_batch(data)
         status = batch_response.status
         assert time.monotonic() - started < 180, f"batch still {status}"
-    Batch.model_validate(batch_response.model_dump(exclude_unset=True), strict=True)
     assert status == "completed", batch_response.errors
     assert batch_response.request_counts.completed == 3
 
@@ -79,6 +81,14 @@ def test_seed_walkthrough_sequence_on_the_default_engine(llama_service: Any, tmp
     assert seen == {"task-0", "task-1", "task-2"}
     print(f"seed sequence on the default engine: {elapsed:.1f} s")
     assert elapsed < 60, f"the seed sequence took {elapsed:.0f} s (target: under a minute)"
+
+    # The seed ends by showing a cancel and the list of batches.
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status 'completed'"):
+        client.batches.cancel(batch_id)  # finished: nothing left to cancel
+    listed, page = raw(client.batches.with_raw_response.list)
+    assert batch_id in [b.id for b in page.data] and listed["has_more"] is False
+    for item in listed["data"]:
+        check_batch(item)
 
 
 def test_live_call_on_the_standard_deployment_and_context_limit(llama_service: Any) -> None:
