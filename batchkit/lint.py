@@ -267,6 +267,28 @@ def _text_of_messages(messages: Any) -> str:
     return "\n".join(out)
 
 
+_SCHEMA_CACHE: dict[tuple[str, str, str], tuple[Finding, ...]] = {}
+_SCHEMA_CACHE_SIZE = 64
+
+
+def _response_schema_findings(schema: Any, name: str, target: Target) -> tuple[Finding, ...]:
+    """`lint_strict_schema` of a response_format schema, remembered for the last few schemas:
+    a batch file usually repeats one schema on every line (findings are immutable, so shared)."""
+    try:
+        key = (json.dumps(schema, sort_keys=False, allow_nan=False), name, target)
+    except (TypeError, ValueError, RecursionError):  # not plain JSON: no cache
+        return tuple(lint_strict_schema(schema, name=name, target=target,
+                                        path_prefix="response_format.json_schema.schema"))
+    found = _SCHEMA_CACHE.get(key)
+    if found is None:
+        found = tuple(lint_strict_schema(schema, name=name, target=target,
+                                         path_prefix="response_format.json_schema.schema"))
+        if len(_SCHEMA_CACHE) >= _SCHEMA_CACHE_SIZE:
+            _SCHEMA_CACHE.pop(next(iter(_SCHEMA_CACHE)))
+        _SCHEMA_CACHE[key] = found
+    return found
+
+
 def _lint_response_format(req: _Req, rf: Any, messages: Any, target: Target) -> None:
     parts: list[str | int] = ["response_format"]
     if not isinstance(rf, dict):
@@ -344,14 +366,7 @@ def _lint_response_format(req: _Req, rf: Any, messages: Any, target: Target) -> 
         return
     schema = js["schema"]
     if strict is True:
-        req.findings.extend(
-            lint_strict_schema(
-                schema,
-                name=str(name),
-                target=target,
-                path_prefix="response_format.json_schema.schema",
-            )
-        )
+        req.findings.extend(_response_schema_findings(schema, str(name), target))
     else:
         if not isinstance(schema, dict):
             req.type_error([*jparts, "schema"], "an object", schema)
