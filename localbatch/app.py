@@ -30,8 +30,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from .config import Settings
 from .dialects import UPLOAD_PURPOSES, ApiError, Dialect, decorate_completion, new_batch_id, new_file_id
@@ -45,6 +47,9 @@ OPENAI_BATCH_FILE_TTL = 30 * DAY
 CHAT_ENDPOINTS = {"openai": ("/v1/chat/completions",), "azure": ("/chat/completions", "/v1/chat/completions")}
 EXPIRES_AFTER_RANGE = {"openai": (3600, 30 * DAY), "azure": (14 * DAY, 30 * DAY)}
 UPLOAD_CHUNK = 1024 * 1024
+#: Limits on a files.create body besides the file size: parts in all, and bytes of a non-file field.
+MAX_UPLOAD_PARTS = 20
+MAX_FIELD_BYTES = 4096
 
 
 @dataclass
@@ -169,21 +174,187 @@ def require_api_version(api_version: str | None = Query(None, alias="api-version
 # ----- route handlers ------------------------------------------------------------------------------
 
 
-def _copy_upload(src: BinaryIO, dest: Path, limit: int) -> int:
-    """Copy an upload to ``dest`` in chunks; raise ApiError (and remove ``dest``) past ``limit`` bytes."""
-    size = 0
+class _MalformedUpload(ValueError):
+    """The multipart body cannot be parsed or breaks a limit on its parts (a 400 for the client)."""
+
+
+def _decode(raw: bytes | bytearray) -> str:
     try:
-        with dest.open("wb") as out:
-            while chunk := src.read(UPLOAD_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(400, f"File is too large. The limit is {limit:,} bytes; split the batch "
-                                   "into smaller files.", azure_code="invalidPayload")
-                out.write(chunk)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return size
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(raw).decode("latin-1")
+
+
+def _multipart_boundary(request: Request) -> bytes | None:
+    """The boundary of a ``multipart/form-data`` body; None for any other content type.
+
+    Raises ApiError when the type is multipart/form-data but has no usable boundary.
+    """
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        return None
+    boundary = params.get(b"boundary", b"")
+    if not boundary or len(boundary) > 256:
+        raise _malformed_upload("missing or invalid boundary in the Content-Type header")
+    return boundary
+
+
+def _malformed_upload(reason: object) -> ApiError:
+    return ApiError(400, f"Could not parse the multipart upload: {reason}. Send 'file' and 'purpose' as "
+                    "multipart/form-data.", azure_code="invalidPayload")
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(400, f"File is too large. The limit is {limit:,} bytes; split the batch into smaller files.",
+                    azure_code="invalidPayload")
+
+
+class _StreamedUpload:
+    """A multipart/form-data body parsed as it arrives.
+
+    Small fields (``purpose``, ``expires_after[...]``, anything else) are kept in :attr:`fields`, each
+    at most :data:`MAX_FIELD_BYTES`; the bytes of the one file part go to the path ``destination``
+    returns when its headers have been read (``None`` while no ``file`` part was seen). At most
+    :data:`MAX_UPLOAD_PARTS` parts and one file part; a file part not named ``file`` is read and dropped.
+    Past ``limit`` file bytes, :meth:`feed` raises the "too large" ApiError at once.
+
+    Callers feed chunks, :meth:`flush` the buffered file bytes (``pending`` tells how many) from a
+    worker thread, :meth:`finish` at the end of the body, and :meth:`discard` on any failure.
+    """
+
+    def __init__(self, boundary: bytes, limit: int, destination: Callable[[dict[str, str], str], Path]) -> None:
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.path: Path | None = None
+        self.size = 0
+        self._limit = limit
+        self._destination = destination
+        self._parts = 0
+        self._files = 0
+        self._ended = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+        self._kind = "field"  # of the current part: field, file (kept) or skip (a file part dropped)
+        self._name = ""
+        self._value = bytearray()
+        self._buffer = bytearray()
+        self._out: BinaryIO | None = None
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end, "on_end": self._end,
+        })
+
+    @property
+    def pending(self) -> int:
+        """File bytes received and not yet written."""
+        return len(self._buffer)
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse one chunk of the body (raises _MalformedUpload, ApiError)."""
+        if self._ended:
+            return  # the epilogue after the closing boundary is ignored
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise _MalformedUpload(str(exc) or "invalid multipart data") from None
+
+    def finish(self) -> None:
+        """The body has ended: check that the closing boundary was seen."""
+        if not self._ended:
+            raise _MalformedUpload("the body ends before the closing boundary")
+
+    def flush(self) -> None:
+        """Write the buffered file bytes (blocking: call it from a worker thread)."""
+        data, self._buffer = self._buffer, bytearray()
+        if self._out is not None and data:
+            self._out.write(data)
+
+    def close(self) -> None:
+        """Write what is left and close the file (blocking)."""
+        self.flush()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def discard(self) -> None:
+        """Close and remove the file written so far."""
+        self._buffer = bytearray()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    # ----- parser callbacks
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_UPLOAD_PARTS:
+            raise _MalformedUpload(f"too many parts (at most {MAX_UPLOAD_PARTS})")
+        self._disposition, self._kind, self._name, self._value = b"", "field", "", bytearray()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if bytes(self._header_name).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name, self._header_value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise _MalformedUpload("a part has no Content-Disposition header with a name")
+        self._name = _decode(options[b"name"])
+        if b"filename" not in options:
+            return
+        self._files += 1
+        if self._files > 1:
+            raise _MalformedUpload("more than one file part")
+        if self._name != "file":
+            self._kind = "skip"
+            return
+        self._kind = "file"
+        self.filename = _decode(options[b"filename"])
+        self.path = self._destination(self.fields, self.filename)
+        self._out = self.path.open("wb")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._kind == "field":
+            if len(self._value) + end - start > MAX_FIELD_BYTES:
+                raise _MalformedUpload(f"the field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            self._value += data[start:end]
+            return
+        self.size += end - start
+        if self.size > self._limit:
+            raise _too_large(self._limit)
+        if self._kind == "file":
+            self._buffer += memoryview(data)[start:end]
+
+    def _part_end(self) -> None:
+        if self._kind == "field":
+            self.fields[self._name] = _decode(self._value)
+
+    def _end(self) -> None:
+        self._ended = True
+
+
+def _check_purpose(purpose: Any, filename: str, dialect: Dialect) -> None:
+    if not isinstance(purpose, str) or not purpose:
+        raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
+                       code="missing_required_parameter", azure_code="invalidPayload")
+    if purpose not in UPLOAD_PURPOSES[dialect]:
+        allowed = ", ".join(sorted(UPLOAD_PURPOSES[dialect]))
+        raise ApiError(400, f"Invalid value for purpose: {purpose!r}. Supported values: {allowed}.",
+                       param="purpose", code="invalid_value", azure_code="invalidPayload")
+    if purpose == "batch" and dialect == "openai" and not filename.lower().endswith(".jsonl"):
+        raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
 
 
 def _expires_after(form: Any, dialect: Dialect, created_at: int) -> int | None:
@@ -208,51 +379,74 @@ def _expires_after(form: Any, dialect: Dialect, created_at: int) -> int | None:
 
 
 async def upload_file(request: Request) -> dict[str, Any]:
-    """``files.create``: multipart ``file`` + ``purpose``; the bytes are streamed to disk."""
+    """``files.create``: multipart ``file`` + ``purpose``, parsed as the body arrives.
+
+    The file bytes go straight to disk under the data directory (never to a temporary spool), and
+    the size limit is enforced as they arrive, so a body without Content-Length is cut off at the limit.
+    When ``purpose`` precedes ``file`` (as the SDK sends them) it is checked before any byte is written
+    and the bytes go to the file's final path; otherwise they go to ``.upload-<id>.part`` next to it,
+    renamed once the whole body is read and checked. The file is removed on any failure.
+    """
     svc, dialect = _service(request), _dialect(request)
     limit = svc.settings.max_file_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + UPLOAD_CHUNK:
-        raise ApiError(400, f"File is too large. The limit is {limit:,} bytes; split the batch into smaller files.",
-                       azure_code="invalidPayload")
-    try:
-        form = await request.form(max_files=1, max_fields=20)
-    except Exception as exc:
-        raise ApiError(400, f"Could not parse the multipart upload: {exc}. Send 'file' and 'purpose' as "
-                       "multipart/form-data.", azure_code="invalidPayload") from None
-    upload = form.get("file")
-    purpose = form.get("purpose")
-    if not isinstance(upload, UploadFile):
+        raise _too_large(limit)
+    boundary = _multipart_boundary(request)
+    if boundary is None:  # not multipart: there can be no file part
         raise ApiError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter",
                        azure_code="invalidPayload")
-    if not isinstance(purpose, str) or not purpose:
-        raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                       code="missing_required_parameter", azure_code="invalidPayload")
-    if purpose not in UPLOAD_PURPOSES[dialect]:
-        allowed = ", ".join(sorted(UPLOAD_PURPOSES[dialect]))
-        raise ApiError(400, f"Invalid value for purpose: {purpose!r}. Supported values: {allowed}.",
-                       param="purpose", code="invalid_value", azure_code="invalidPayload")
-    filename = Path(upload.filename or "upload").name
-    is_jsonl = filename.lower().endswith(".jsonl")
-    if purpose == "batch" and dialect == "openai" and not is_jsonl:
-        raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
-    now = time.time()
-    created = int(now)
-    expires_at = _expires_after(form, dialect, created)
-    if expires_at is None and dialect == "openai" and purpose == "batch":
-        expires_at = created + OPENAI_BATCH_FILE_TTL
     file_id = new_file_id(dialect)
-    size = await run_in_threadpool(_copy_upload, upload.file, svc.store.file_path(file_id), limit)
-    await upload.close()
-    outcome, details, ready_at = "processed", None, now
-    if dialect == "azure":
-        ready_at = now + svc.settings.file_processing_delay
-        if purpose == "batch" and not is_jsonl:
-            outcome, details = "error", "Invalid file format for Batch API. Must be .jsonl"
-    row = await run_in_threadpool(
-        lambda: svc.store.add_file(file_id=file_id, dialect=dialect, filename=filename, purpose=purpose,
-                                   size=size, expires_at=expires_at, ready_at=ready_at, outcome=outcome,
-                                   status_details=details, created_at=created))
+    final = svc.store.file_path(file_id)
+    staged = final.with_name(f".upload-{file_id}.part")
+
+    def destination(fields: dict[str, str], filename: str) -> Path:
+        if "purpose" not in fields:
+            return staged
+        _check_purpose(fields["purpose"], Path(filename or "upload").name, dialect)
+        return final
+
+    upload = _StreamedUpload(boundary, limit, destination)
+    try:
+        try:
+            async for chunk in request.stream():
+                upload.feed(chunk)
+                if upload.pending >= UPLOAD_CHUNK:
+                    await run_in_threadpool(upload.flush)
+            upload.finish()
+        except _MalformedUpload as exc:
+            raise _malformed_upload(exc) from None
+        except ClientDisconnect:
+            raise _malformed_upload("the client disconnected before the body ended") from None
+        await run_in_threadpool(upload.close)
+        if upload.filename is None:
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file",
+                           code="missing_required_parameter", azure_code="invalidPayload")
+        filename = Path(upload.filename or "upload").name
+        purpose = upload.fields.get("purpose")
+        _check_purpose(purpose, filename, dialect)
+        assert isinstance(purpose, str) and upload.path is not None
+        now = time.time()
+        created = int(now)
+        expires_at = _expires_after(upload.fields, dialect, created)
+        if expires_at is None and dialect == "openai" and purpose == "batch":
+            expires_at = created + OPENAI_BATCH_FILE_TTL
+        if upload.path != final:
+            upload.path.replace(final)
+            upload.path = final
+        outcome, details, ready_at = "processed", None, now
+        if dialect == "azure":
+            ready_at = now + svc.settings.file_processing_delay
+            if purpose == "batch" and not filename.lower().endswith(".jsonl"):
+                outcome, details = "error", "Invalid file format for Batch API. Must be .jsonl"
+        size = upload.size
+        row = await run_in_threadpool(
+            lambda: svc.store.add_file(file_id=file_id, dialect=dialect, filename=filename, purpose=purpose,
+                                       size=size, expires_at=expires_at, ready_at=ready_at, outcome=outcome,
+                                       status_details=details, created_at=created))
+    except BaseException:
+        upload.discard()
+        raise
     return render_file(row)
 
 

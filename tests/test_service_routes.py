@@ -401,3 +401,147 @@ def test_batch_from_a_pending_file_fails_as_on_azure(fast_service: Any) -> None:
     assert info.value.body["message"] == (
         f"The input file '{f['id']}' is in 'pending' state. Only files with status 'Processed' are accepted "
         "for batch inferencing. Please check the file status and try again")
+
+
+# ----- streamed uploads ----------------------------------------------------------------------------
+
+BOUNDARY = "localbatch-test-boundary"
+
+
+def part(name: str, value: bytes | str, filename: str | None = None) -> bytes:
+    """One multipart/form-data part (with its leading delimiter)."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    ctype = "Content-Type: application/octet-stream\r\n" if filename else ""
+    data = value.encode() if isinstance(value, str) else value
+    return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n{ctype}\r\n".encode() + data + b"\r\n"
+
+
+def multipart(*parts: bytes) -> bytes:
+    """A whole multipart/form-data body of ``parts``."""
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def upload_headers(dialect: str) -> dict[str, str]:
+    key = {"api-key": API_KEY} if dialect != "openai" else {"Authorization": f"Bearer {API_KEY}"}
+    return {**key, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def stored_files(handle: Any) -> set[str]:
+    """Names in the service's files folder (``<data_dir>/files``; the log lives in the data dir)."""
+    return {p.name for p in (handle.log_path.parent / "files").iterdir()}
+
+
+def assert_no_leftovers(handle: Any, client: Any, before: set[str]) -> None:
+    """Every file the folder gained belongs to a live File object; no partial upload is left."""
+    new = stored_files(handle) - before
+    listed = {f.id for f in client.files.list(limit=10000)}
+    assert new <= listed, f"files left behind by a failed upload: {new - listed}"
+    assert not any(name.startswith(".upload-") for name in stored_files(handle))
+
+
+def check_error_envelope(dialect: str, body: dict[str, Any]) -> dict[str, Any]:
+    error = body["error"]
+    if dialect == "openai":
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    else:
+        assert set(error) == {"code", "message"} and error["code"] == "invalidPayload"
+    return error
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_chunked_upload_without_content_length_is_cut_off_at_the_limit(fast_service: Any, dialect: str) -> None:
+    import http.client
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    client = client_for(dialect, fast_service)
+    before, listed_before = stored_files(fast_service), {f.id for f in client.files.list(limit=10000)}
+    url = urlsplit(fast_service.base_url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in upload_headers(dialect).items())
+    request = (f"POST {prefix(dialect)}/files{query(dialect)} HTTP/1.1\r\nHost: {url.netloc}\r\n{head}"
+               "Transfer-Encoding: chunked\r\n\r\n").encode()
+    first = part("purpose", "batch") + part("file", b"", filename="chunked-big.jsonl")[:-2]
+    line = jsonl([chat_line("x")])
+    block = line * (256 * 1024 // len(line))
+    cap, sent = 4 * FAST_MAX_FILE_BYTES, 0
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request + b"%x\r\n%s\r\n" % (len(first), first))
+        try:
+            while sent < cap and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(block), block))
+                sent += len(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        # The answer comes while the body is still being sent: the limit is enforced as bytes arrive.
+        assert select.select([sock], [], [], 30)[0] and FAST_MAX_FILE_BYTES < sent < cap, sent
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        status, body = response.status, json.loads(response.read())
+    assert status == 400 and response.getheader("x-should-retry") == "false"
+    error = check_error_envelope(dialect, body)
+    assert error["message"].startswith(f"File is too large. The limit is {FAST_MAX_FILE_BYTES:,} bytes;")
+    assert_no_leftovers(fast_service, client, before)
+    listed = list(client.files.list(limit=10000))
+    assert not [f for f in listed if f.id not in listed_before and f.filename == "chunked-big.jsonl"]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_upload_with_the_file_part_before_purpose(fast_service: Any, dialect: str) -> None:
+    client = client_for(dialect, fast_service)
+    path = prefix(dialect) + "/files" + query(dialect)
+    content = jsonl([chat_line("a"), chat_line("b")])
+    before = stored_files(fast_service)
+    fields = [part("file", content, filename="first.jsonl"), part("purpose", "batch")]
+    if dialect == "openai":  # expires_after after the file too, in both spellings the SDKs use
+        fields += [part("expires_after[anchor]", "created_at"), part("expires_after[seconds]", "7200")]
+    status, _, data = http(fast_service, "POST", path, headers=upload_headers(dialect), body=multipart(*fields))
+    assert status == 200, data
+    check_file(data)
+    assert data["bytes"] == len(content) and data["filename"] == "first.jsonl" and data["purpose"] == "batch"
+    if dialect == "openai":
+        assert data["expires_at"] == data["created_at"] + 7200
+    assert client.files.content(data["id"]).read() == content
+    assert stored_files(fast_service) - before == {data["id"]}
+    # The same order with a bad purpose, or a bad expires_after, leaves nothing behind.
+    bad = [part("file", content, filename="first.jsonl"), part("purpose", "bogus")]
+    status, _, body = http(fast_service, "POST", path, headers=upload_headers(dialect), body=multipart(*bad))
+    assert status == 400 and "Invalid value for purpose: 'bogus'" in check_error_envelope(dialect, body)["message"]
+    bad = [part("file", content, filename="first.jsonl"), part("purpose", "batch"),
+           part("expires_after.anchor", "created_at"), part("expires_after.seconds", "5")]
+    status, _, body = http(fast_service, "POST", path, headers=upload_headers(dialect), body=multipart(*bad))
+    assert status == 400 and "expires_after.seconds" in check_error_envelope(dialect, body)["message"]
+    missing = [part("file", content, filename="first.jsonl")]
+    status, _, body = http(fast_service, "POST", path, headers=upload_headers(dialect), body=multipart(*missing))
+    assert status == 400 and check_error_envelope(dialect, body)["message"] == "Missing required parameter: 'purpose'."
+    client.files.delete(data["id"])
+    assert_no_leftovers(fast_service, client, before)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_malformed_multipart_uploads_are_a_clear_400(fast_service: Any, dialect: str) -> None:
+    client = client_for(dialect, fast_service)
+    path = prefix(dialect) + "/files" + query(dialect)
+    before = stored_files(fast_service)
+    good = [part("purpose", "batch"), part("file", jsonl([chat_line("a")]), filename="m.jsonl")]
+    whole = multipart(*good)
+    bodies = {
+        "truncated before the closing boundary": whole[: len(whole) - 40],
+        "a part header without a colon": f"--{BOUNDARY}\r\nnot a header\r\n\r\nx\r\n".encode() + whole,
+        "a part without a name": multipart(part("purpose", "batch").replace(b'; name="purpose"', b""), *good[1:]),
+        "two file parts": multipart(*good, part("file", b"{}\n", filename="again.jsonl")),
+        "too many parts": multipart(*[part(f"f{i}", "x") for i in range(30)], *good),
+        "an oversized field": multipart(part("purpose", "batch" * 2000), good[1]),
+        "no multipart at all": b"this is not multipart",
+    }
+    for reason, body in bodies.items():
+        status, headers, answer = http(fast_service, "POST", path, headers=upload_headers(dialect), body=body)
+        assert status == 400, (reason, status, answer)
+        message = check_error_envelope(dialect, answer)["message"]
+        assert message.startswith("Could not parse the multipart upload: "), (reason, message)
+        assert message.endswith("Send 'file' and 'purpose' as multipart/form-data."), (reason, message)
+        assert headers.get("x-should-retry") == "false"
+    no_boundary = {**upload_headers(dialect), "Content-Type": "multipart/form-data"}
+    status, _, answer = http(fast_service, "POST", path, headers=no_boundary, body=whole)
+    assert status == 400 and "boundary" in check_error_envelope(dialect, answer)["message"]
+    assert_no_leftovers(fast_service, client, before)
