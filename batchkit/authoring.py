@@ -193,7 +193,7 @@ def check_unique_ids(lines: Iterable[Mapping[str, Any]]) -> None:
 
 
 def to_jsonl_bytes(lines: Iterable[Mapping[str, Any]]) -> bytes:
-    """Encode request lines as JSONL: one compact JSON object per line, UTF-8 without BOM."""
+    """Encode request lines as JSONL: one JSON object per line (no newlines inside), UTF-8 without BOM."""
     return b"".join(
         json.dumps(line, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8") + b"\n" for line in lines
     )

@@ -31,6 +31,8 @@ DEFAULT_API_VERSION = "2024-10-01-preview"
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8765"
 DEFAULT_LOCAL_KEY = "local-dev-key"
 DEFAULT_DEPLOYMENT = "gpt-4o-batch"
+#: The local service's standard deployment (answers live calls, unlike the Global Batch one).
+LOCAL_LIVE_DEPLOYMENT = "gpt-4o"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,21 @@ class Connection:
         """The request path for batch lines and `batches.create(endpoint=...)`."""
         return self.settings.batch_url
 
+    def live_model(self, explicit: str = "") -> str | None:
+        """The deployment or model for one live chat call, or None when there is none to use.
+
+        `explicit` wins. Otherwise: the local service's standard deployment `gpt-4o`; on OpenAI the
+        batch model itself (it answers live calls too); on Azure None, because a Global Batch
+        deployment refuses live calls: name a standard deployment of yours in `explicit`.
+        """
+        if explicit:
+            return explicit
+        if self.backend == "local":
+            return LOCAL_LIVE_DEPLOYMENT
+        if self.backend == "openai":
+            return self.deployment
+        return None
+
     def describe(self) -> str:
         """One line naming backend, endpoint, deployment and api-version; never the key."""
         parts = [f"backend={self.backend}", f"endpoint={self.settings.endpoint}", f"deployment={self.deployment}"]
@@ -101,12 +118,17 @@ def _get(env: Mapping[str, str], name: str) -> str:
     return (env.get(name) or "").strip()
 
 
+#: An example address per URL variable, for error messages.
+_URL_EXAMPLES = {"LOCALBATCH_URL": DEFAULT_LOCAL_URL, "OPENAI_BASE_URL": "https://api.openai.com/v1"}
+
+
 def _check_url(value: str, variable: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
+        example = _URL_EXAMPLES.get(variable, "https://YOUR-RESOURCE.openai.azure.com")
         raise ConfigError(
             f"{variable}={value!r} is not a URL. Set it to the full address, e.g. "
-            f"'https://YOUR-RESOURCE.openai.azure.com' (in .env or the environment).",
+            f"'{example}' (in .env or the environment).",
             variable=variable,
         )
     return value.rstrip("/")

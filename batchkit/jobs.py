@@ -277,6 +277,21 @@ def _iso(value: Any) -> str | None:
     return str(value)
 
 
+def file_details(file: Any) -> pd.DataFrame:
+    """A two-column table (field, value) of an uploaded file: id, name, size, purpose, status, times (UTC)."""
+    rows: list[tuple[str, Any]] = [
+        ("id", file.id),
+        ("filename", file.filename),
+        ("bytes", file.bytes),
+        ("purpose", file.purpose),
+        ("status", file.status),
+        ("status_details", getattr(file, "status_details", None) or None),
+        ("created_at", _iso(getattr(file, "created_at", None))),
+        ("expires_at", _iso(getattr(file, "expires_at", None))),
+    ]
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+
+
 def batch_details(batch: Any) -> pd.DataFrame:
     """A two-column table (field, value) of a batch: status, ids, timestamps (UTC), counts, errors."""
     completed, failed, total = _counts(batch)

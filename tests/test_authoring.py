@@ -160,3 +160,16 @@ def test_requests_frame_previews_the_lines() -> None:
     assert list(frame.columns) == ["custom_id", "model", "prompt", "required"]
     assert frame.loc[1, "prompt"] == "Provide info about the Shard in London"
     assert frame.loc[0, "required"] == "BuildingName, HeightInFeet, City, Country"
+
+
+def test_live_model_per_backend() -> None:
+    from batchkit.config import Connection, resolve_settings
+
+    local = Connection(client=None, settings=resolve_settings({}))
+    openai_ = Connection(client=None, settings=resolve_settings({"OPENAI_API_KEY": "sk-x", "BATCH_DEPLOYMENT": "gpt-4o-mini"}))
+    azure = Connection(client=None, settings=resolve_settings({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com",
+                                                               "AZURE_OPENAI_API_KEY": "k"}))
+    assert local.live_model() == "gpt-4o"  # the local standard deployment, not the batch one
+    assert openai_.live_model() == "gpt-4o-mini"  # OpenAI models answer live calls too
+    assert azure.live_model() is None  # a Global Batch deployment refuses live calls
+    assert azure.live_model("my-standard") == "my-standard" and local.live_model("x") == "x"

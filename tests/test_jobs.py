@@ -123,6 +123,9 @@ def test_azure_flow_upload_wait_create_poll_download(service: SimpleNamespace, t
     client = service.azure
     uploaded = jobs.upload_file(client, _write(tmp_path, 3))
     assert uploaded.purpose == "batch"
+    shown = jobs.file_details(uploaded)
+    assert shown.loc["id", "value"] == uploaded.id and shown.loc["status", "value"] == "pending"
+    assert shown.loc["created_at", "value"].endswith("Z") and shown.loc["expires_at", "value"] is None
     ready = jobs.wait_for_file(client, uploaded.id, interval=0.1)
     assert ready.status == "processed"
     batch = jobs.create_batch(client, ready.id, metadata={"run": "test"})
