@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from batchkit.config import DEFAULT_LOCAL_KEY, project_root
+from batchkit.config import DEFAULT_LOCAL_KEY, display_path, project_root
+from batchkit.errors import BatchkitError
 
 NOTEBOOKS: tuple[str, ...] = ("01_author_requests.ipynb", "02_upload_and_poll.ipynb", "03_results_to_dataframe.ipynb")
 ANSWER_FIELDS: tuple[str, ...] = ("BuildingName", "HeightInFeet", "City", "Country")
@@ -36,6 +37,16 @@ FOREIGN_SETTINGS: tuple[str, ...] = (
 QUIET_KERNEL: tuple[str, ...] = ("--IPKernelApp.log_level=CRITICAL",)
 
 
+class NotebookFailed(BatchkitError):
+    """A notebook of the walkthrough failed; `output` is its executed copy, with the error in place."""
+
+    def __init__(self, notebook: str, output: str, error: BaseException) -> None:
+        super().__init__(f"notebooks/{notebook} failed; its executed copy, with the error in place, is "
+                         f"{output}.\n{type(error).__name__}: {error}")
+        self.notebook = notebook
+        self.output = output
+
+
 def local_environment(base_url: str, api_key: str) -> dict[str, str]:
     """The variables that point `connect()` at a running local service."""
     return {"BATCH_BACKEND": "local", "LOCALBATCH_URL": base_url, "LOCALBATCH_API_KEY": api_key}
@@ -51,7 +62,8 @@ def run_notebooks(
     """Execute `notebooks` (from `root/notebooks`) in order with papermill into `runs_dir`.
 
     The kernels start in the notebooks folder and inherit this process's environment.
-    Raises papermill's `PapermillExecutionError` (naming the failing cell) when a notebook fails.
+    Raises `NotebookFailed` (naming the notebook, its executed copy, and the failing cell's error)
+    when a notebook fails; the later notebooks are not run.
     """
     import papermill
 
@@ -59,16 +71,20 @@ def run_notebooks(
     written = []
     for name in notebooks:
         target = runs_dir / name
-        papermill.execute_notebook(
-            str(root / "notebooks" / name),
-            str(target),
-            parameters=(parameters or {}).get(name, {}),
-            cwd=str(root / "notebooks"),
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            extra_arguments=list(QUIET_KERNEL),
-        )
+        print(f"  running notebooks/{name} -> {display_path(target, root)}", flush=True)
+        try:
+            papermill.execute_notebook(
+                str(root / "notebooks" / name),
+                str(target),
+                parameters=(parameters or {}).get(name, {}),
+                cwd=str(root / "notebooks"),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+                extra_arguments=list(QUIET_KERNEL),
+            )
+        except Exception as exc:
+            raise NotebookFailed(name, display_path(target, root), exc) from exc
         written.append(target)
     return written
 
@@ -133,10 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             refresh_notebooks(root)
             return 0
         print(f"Service at {handle.base_url}; running notebooks 01 -> 03 into {args.runs}/ ...", flush=True)
-        for path in run_notebooks(root, root / args.runs):
-            print(f"  ran {path.relative_to(root)}", flush=True)
-    except Exception as exc:  # report which notebook failed, then stop the service below
-        print(f"The walkthrough failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        run_notebooks(root, root / args.runs)
+    except Exception as exc:  # report what failed, then stop the service below
+        print(f"The walkthrough failed: {exc if isinstance(exc, NotebookFailed) else f'{type(exc).__name__}: {exc}'}",
+              file=sys.stderr)
         return 1
     finally:
         if args.keep_service:

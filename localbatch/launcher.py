@@ -68,9 +68,7 @@ class ServiceHandle:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if _gone(self.pid):
                 return
             time.sleep(0.1)
         try:
@@ -86,6 +84,21 @@ class ServiceHandle:
             return
         if self.process is not None:
             self.process.wait(10)
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a child of this process is reaped here, so it is not left a zombie)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    except ChildProcessError:  # not our child: ask whether it still exists
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def start_service(

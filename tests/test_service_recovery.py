@@ -93,3 +93,14 @@ def test_refuses_a_non_loopback_host_without_a_key(tmp_path: Path) -> None:
     with pytest.raises(ServiceStartError) as info:
         start_service(host="0.0.0.0", port=None, data_dir=tmp_path, api_key=None, engine="synthetic", wait=30)
     assert "without a key" in str(info.value)
+
+
+def test_stopping_a_detached_service_started_here_reaps_it(tmp_path: Path) -> None:
+    import os
+
+    from localbatch.launcher import start_service
+
+    handle = start_service(data_dir=tmp_path, api_key=API_KEY, engine="synthetic", detached=True, wait=60)
+    handle.stop(timeout=30)
+    with pytest.raises(ChildProcessError):  # already waited for: no zombie left behind
+        os.waitpid(handle.pid, os.WNOHANG)
