@@ -8,7 +8,9 @@ completion tokens, finish reason, schema validity and which fields are right.
     python benchmarks/compare_models.py --model gemma=PATH.gguf:gemma # plus another GGUF
 
 ``NAME=PATH`` adds a model; a ``:gemma`` suffix gives it the engine's Gemma chat template (for GGUF
-files without one). ``--json FILE`` writes every measurement.
+files without one). ``--json FILE`` writes every measurement. ``--arrays`` also runs eight
+extraction prompts whose schema has two string arrays, and counts the answers cut at ``max_tokens``
+(small models tend to repeat array items until the cap).
 """
 
 from __future__ import annotations
@@ -62,6 +64,41 @@ def run_model(label: str, engine: LlamaEngine) -> list[dict[str, Any]]:
     return rows
 
 
+ARRAY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "facts": {"type": "array", "items": {"type": "string"}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "facts", "tags"],
+    "additionalProperties": False,
+}
+ARRAY_PROMPTS = (
+    "Describe the Eiffel Tower.", "Summarize the plot of Hamlet.", "List facts about the Moon.",
+    "Describe the city of Tokyo.", "Give facts about Python, the programming language.",
+    "Describe a golden retriever.", "Facts about the Amazon river.", "Describe the Burj Khalifa.",
+)
+
+
+def run_arrays(label: str, engine: LlamaEngine) -> dict[str, Any]:
+    """The eight array prompts on one model: how many answers ran to the token cap."""
+    cut, tokens, seconds = 0, [], []
+    for prompt in ARRAY_PROMPTS:
+        body = {
+            "messages": [{"role": "system", "content": "Extract structured facts."}, {"role": "user", "content": prompt}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "facts", "strict": True, "schema": ARRAY_SCHEMA}},
+        }
+        start = time.perf_counter()
+        answer = engine.complete(body, model="m")
+        seconds.append(time.perf_counter() - start)
+        cut += answer["choices"][0]["finish_reason"] == "length"
+        tokens.append(answer["usage"]["completion_tokens"])
+    return {"model": label, "prompts": len(ARRAY_PROMPTS), "cut_at_max_tokens": cut,
+            "median_completion_tokens": statistics.median(tokens), "median_s": round(statistics.median(seconds), 2),
+            "max_tokens_cap": engine.max_tokens_cap}
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: one line per model and prompt variant."""
     lines = [
@@ -84,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH[:gemma]")
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
+    parser.add_argument("--arrays", action="store_true", help="also count run-aways on an array schema")
     args = parser.parse_args(argv)
     models: list[tuple[str, Path, str | None]] = [("smollm2-135m-instruct", default_model_path(), None)]
     for spec in args.model:
@@ -93,15 +131,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--model wants NAME=PATH[:gemma], got {spec!r}")
         models.append((name, Path(path), template or None))
     rows: list[dict[str, Any]] = []
+    arrays: list[dict[str, Any]] = []
     for label, path, template in models:
-        rows += run_model(label, LlamaEngine(path, chat_template=template))
+        engine = LlamaEngine(path, chat_template=template)
+        rows += run_model(label, engine)
+        if args.arrays:
+            engine.schema_in_prompt = True
+            arrays.append(run_arrays(label, engine))
     for r in rows:
         print(f"{r['model']:<24} hint={r['schema_hint']!s:<5} {r['custom_id']:<13} {r['seconds']:>5.2f}s "
               f"{r['finish_reason']:<6} valid={r['valid']!s:<5} right={r['fields_right']} {r['content']}")
     print()
     print(summary(rows))
+    if arrays:
+        print()
+        print("| model | array prompts | cut at max_tokens | median completion tokens | median s/request |")
+        print("|---|---|---|---|---|")
+        for a in arrays:
+            print(f"| {a['model']} | {a['prompts']} | {a['cut_at_max_tokens']} (cap {a['max_tokens_cap']}) "
+                  f"| {a['median_completion_tokens']} | {a['median_s']} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        args.json.write_text(json.dumps({"buildings": rows, "arrays": arrays}, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 
