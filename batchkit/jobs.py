@@ -289,7 +289,7 @@ def file_details(file: Any) -> pd.DataFrame:
         ("created_at", _iso(getattr(file, "created_at", None))),
         ("expires_at", _iso(getattr(file, "expires_at", None))),
     ]
-    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+    return _field_table(rows)
 
 
 def batch_details(batch: Any) -> pd.DataFrame:
@@ -307,6 +307,11 @@ def batch_details(batch: Any) -> pd.DataFrame:
     rows += [(name, _iso(getattr(batch, name, None))) for name in TIMESTAMP_FIELDS]
     rows += [("requests total", total), ("requests completed", completed), ("requests failed", failed)]
     rows.append(("errors", "; ".join(batch_errors(batch)) or None))
+    return _field_table(rows)
+
+
+def _field_table(rows: list[tuple[str, Any]]) -> pd.DataFrame:
+    """(field, value) pairs as a table indexed by field (how the notebooks show one object)."""
     return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
 
 

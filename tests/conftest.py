@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +245,28 @@ def read_lines(client: Any, file_id: str | None) -> list[dict[str, Any]]:
     response = client.files.with_raw_response.content(file_id)
     assert response.headers["content-type"] == "application/octet-stream"
     return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def services_under(folder: Path) -> list[int]:
+    """Pids of the ``python -m localbatch serve`` processes whose --data-dir is ``folder`` or lies below
+    it (so a test finds only the services it started itself)."""
+    prefix = str(Path(folder).resolve()) + os.sep
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if "localbatch" in words and "serve" in words and "--data-dir" in words:
+            if (words[words.index("--data-dir") + 1] + os.sep).startswith(prefix):
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def end_service(pid: int) -> None:
+    """Stop a service process found by `services_under` (SIGTERM, SIGKILL if it lingers), reaped if ours."""
+    from localbatch.launcher import ServiceHandle
+
+    ServiceHandle(base_url="", api_key=None, pid=pid).stop(timeout=15)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import time
 from pathlib import Path
 
 import openai
@@ -23,6 +21,7 @@ from batchkit.config import (
     service_answers,
 )
 from batchkit.errors import ConfigError
+from conftest import end_service, services_under
 
 AZURE = {"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com/", "AZURE_OPENAI_API_KEY": "az-secret-123"}
 OPENAI = {"OPENAI_API_KEY": "sk-secret-456"}
@@ -135,50 +134,6 @@ def test_project_root_finds_the_repository(tmp_path: Path) -> None:
 AUTOSTART_KEY = "autostart-secret-789"
 
 
-def _service_pids(data_dir: Path) -> list[int]:
-    """Pids of the `python -m localbatch serve` processes whose --data-dir is `data_dir` (only ours)."""
-    wanted = str(data_dir.resolve())
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in args]
-        if "localbatch" in words and "serve" in words and "--data-dir" in words:
-            if words[words.index("--data-dir") + 1] == wanted:
-                pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def _end_process(pid: int) -> None:
-    """SIGTERM (SIGKILL if it lingers) one process this test started, and reap it if it is our child."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:  # not our child (or already reaped): wait until it is gone
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            deadline = float("inf")
-        time.sleep(0.05)
-
-
 def test_connect_starts_the_local_service_detached_and_reuses_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,7 +158,7 @@ def test_connect_starts_the_local_service_detached_and_reuses_it(
         assert "(data in .localbatch/)" in printed.out
         assert AUTOSTART_KEY not in printed.out and str(tmp_path) not in printed.out
 
-        pids = _service_pids(data_dir)
+        pids = services_under(data_dir)
         assert len(pids) == 1, pids
         pid = pids[0]
         # detached: a session of its own, so it outlives the notebook (and its Ctrl-C) that started it
@@ -223,14 +178,14 @@ def test_connect_starts_the_local_service_detached_and_reuses_it(
         again = connect(env=env)
         assert again.started_service is False
         assert capsys.readouterr().out == ""
-        assert _service_pids(data_dir) == [pid]
+        assert services_under(data_dir) == [pid]
         assert again.client.batches.list().data == []
         # and with start_local=False it is no longer an error
         assert connect(env=env, start_local=False).started_service is False
     finally:
-        for pid in _service_pids(data_dir):
-            _end_process(pid)
-    assert _service_pids(data_dir) == []
+        for pid in services_under(data_dir):
+            end_service(pid)
+    assert services_under(data_dir) == []
     assert not service_answers(url, timeout=0.2)
 
 

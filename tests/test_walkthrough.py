@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from batchkit import walkthrough
 from batchkit.config import DEFAULT_LOCAL_KEY, connect, resolve_settings, service_answers
-from conftest import API_KEY
+from conftest import API_KEY, end_service, services_under
 
 #: Every variable main() changes in os.environ (restored after each test).
 TOUCHED = (*walkthrough.FOREIGN_SETTINGS, "BATCH_BACKEND", "LOCALBATCH_URL", "LOCALBATCH_API_KEY")
@@ -40,49 +38,6 @@ def _write_notebook(path: Path, *cells: Any, **metadata: Any) -> Path:
     return path
 
 
-def _services_under(folder: Path) -> list[int]:
-    """Pids of `localbatch serve` processes whose --data-dir lies in `folder` (i.e. started by this test)."""
-    prefix = str(folder.resolve()) + os.sep
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            words = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0")]
-        except OSError:
-            continue
-        if "localbatch" in words and "serve" in words and "--data-dir" in words:
-            if (words[words.index("--data-dir") + 1] + os.sep).startswith(prefix):
-                pids.append(int(entry.name))
-    return pids
-
-
-def _end_process(pid: int) -> None:
-    """SIGTERM (SIGKILL if it lingers) one process this test started, and reap it if it is our child."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            deadline = float("inf")
-        time.sleep(0.05)
-
-
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A temporary project root as the cwd (project_root() falls back to it); os.environ restored after.
@@ -99,9 +54,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     try:
         yield tmp_path
     finally:
-        left = _services_under(tmp_path)
+        left = services_under(tmp_path)
         for pid in left:
-            _end_process(pid)
+            end_service(pid)
     assert not left, f"services left running: {left}"
 
 
@@ -158,7 +113,7 @@ def test_main_reports_a_failing_notebook_and_stops_the_service(
     # the service was stopped and its data folder removed
     assert not service_answers(url, timeout=0.2)
     assert list((project / "out").glob("localbatch-*")) == []
-    assert _services_under(project) == []
+    assert services_under(project) == []
 
 
 def test_main_keep_service_leaves_it_running_and_says_where(
@@ -174,11 +129,11 @@ def test_main_keep_service_leaves_it_running_and_says_where(
         assert found, printed.out
         url, pid = found.group(1), int(found.group(2))
         assert service_answers(url)
-        assert _services_under(project / "out") == [pid]
+        assert services_under(project / "out") == [pid]
         assert len(list((project / "out").glob("localbatch-*"))) == 1  # its data is kept too
     finally:
-        for pid in _services_under(project):
-            _end_process(pid)
+        for pid in services_under(project):
+            end_service(pid)
     assert not service_answers(url, timeout=0.2)
 
 
