@@ -31,8 +31,6 @@ DEFAULT_API_VERSION = "2024-10-01-preview"
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8765"
 DEFAULT_LOCAL_KEY = "local-dev-key"
 DEFAULT_DEPLOYMENT = "gpt-4o-batch"
-#: The local service's standard deployment (answers live calls, unlike the Global Batch one).
-LOCAL_LIVE_DEPLOYMENT = "gpt-4o"
 
 
 @dataclass(frozen=True)
@@ -96,8 +94,10 @@ class Connection:
         """
         if explicit:
             return explicit
-        if self.backend == "local":
-            return LOCAL_LIVE_DEPLOYMENT
+        if self.backend == "local":  # the service's own standard deployment (answers live calls)
+            from localbatch.config import DEFAULT_DEPLOYMENTS
+
+            return next(d.name for d in DEFAULT_DEPLOYMENTS if d.kind == "standard")
         if self.backend == "openai":
             return self.deployment
         return None
