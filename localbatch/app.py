@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from .config import Settings
 from .dialects import UPLOAD_PURPOSES, ApiError, Dialect, decorate_completion, new_batch_id, new_file_id
+from .faults import at_create
 from .store import Store
 from .worker import EngineGate, Worker
 
@@ -530,6 +531,9 @@ def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
                        param="completion_window", code="invalid_value", azure_code="invalidPayload")
     if body.metadata is not None:
         _check_metadata(body.metadata)
+    faults, fault_token_limit = at_create(svc.store, dialect=dialect, metadata=body.metadata,
+                                          service_wide=settings.faults, quota=settings.token_quota,
+                                          input_path=svc.store.file_path(body.input_file_id))
     now = time.time()
     created = int(now)
     window = float(DAY)
@@ -542,6 +546,7 @@ def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
         expires_at=created + (int(window) if dialect == "openai" else DAY),
         expire_after=(now + window) if dialect == "openai" else None,
         metadata=json.dumps(body.metadata) if body.metadata is not None else None,
+        faults=faults, fault_token_limit=int(fault_token_limit),
     )
     svc.worker.wake()
     return render_batch(row)

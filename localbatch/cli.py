@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-file-bytes", type=int,
                        default=int(env("LOCALBATCH_MAX_FILE_BYTES", str(DEFAULT_MAX_FILE_BYTES))),
                        help="largest upload in bytes (env LOCALBATCH_MAX_FILE_BYTES; default 200 MB)")
+    serve.add_argument("--faults", default=env("LOCALBATCH_FAULTS") or None, metavar="JSON",
+                       help="inject faults into every batch, e.g. '{\"seed\": 1, \"http_error\": 0.05}' (env "
+                            "LOCALBATCH_FAULTS; keys in docs/reliability.md); a batch's metadata key "
+                            "localbatch_faults replaces it")
     serve.add_argument("--log-level", default=env("LOCALBATCH_LOG_LEVEL", "warning"),
                        choices=("debug", "info", "warning", "error"), help="server log level (default warning)")
     return parser
@@ -113,6 +117,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             options[key] = value
         elif value != os.environ.get(variable):  # a variable left set for another engine is not an error
             raise ValueError(f"{flag} only applies to the {engine} engine; drop it or pass --engine {engine}.")
+    if args.faults:
+        from .faults import parse_spec
+
+        parse_spec(args.faults, where="--faults")  # a bad spec stops the service before it listens
     return Settings(
         host=args.host, port=args.port, data_dir=args.data_dir, api_key=api_key, engine=args.engine,
         engine_options=options, engine_delay=args.engine_delay or 0.0,
@@ -120,6 +128,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         file_processing_delay=args.file_processing_delay, validating_seconds=args.validating_seconds,
         finalizing_seconds=args.finalizing_seconds, completion_window_seconds=args.completion_window_seconds,
         token_quota=args.token_quota, max_file_bytes=args.max_file_bytes, max_concurrency=args.max_concurrency,
+        faults=args.faults,
     )
 
 

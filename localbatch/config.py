@@ -86,6 +86,8 @@ class Settings:
     max_concurrency: int | None = None
     #: Scheduler poll interval in seconds.
     tick_seconds: float = 0.05
+    #: Service-wide fault spec (JSON text, see localbatch.faults); a batch's own spec replaces it.
+    faults: str | None = None
 
     def deployment(self, name: str) -> Deployment | None:
         """The declared deployment called ``name``, or None."""

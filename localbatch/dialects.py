@@ -107,6 +107,8 @@ def decorate_completion(dialect: Dialect, completion: dict[str, Any], model_vers
             choice["content_filter_results"] = {
                 "hate": _safe(), "self_harm": _safe(), "sexual": _safe(), "violence": _safe(),
             }
+            if choice.get("finish_reason") == "content_filter":  # the output filter withheld this answer
+                choice["content_filter_results"]["violence"] = {"filtered": True, "severity": "high"}
             choice.setdefault("logprobs", None)
             choices.append(choice)
         body["choices"] = choices

@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS batches (
     enqueued_tokens INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0,
     completed INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0
+    failed INTEGER NOT NULL DEFAULT 0,
+    faults TEXT,
+    fault_token_limit INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS requests (
     batch_id TEXT NOT NULL,
@@ -88,7 +90,17 @@ CREATE TABLE IF NOT EXISTS results (
     recorded_at REAL NOT NULL,
     UNIQUE (batch_id, custom_id)
 );
+CREATE TABLE IF NOT EXISTS fault_creates (
+    spec TEXT PRIMARY KEY,
+    creates INTEGER NOT NULL
+);
 """
+
+#: Columns added after the first release: (table, column, declaration), added to older databases.
+ADDED_COLUMNS = (
+    ("batches", "faults", "TEXT"),
+    ("batches", "fault_token_limit", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 class _Rollback(Exception):
     """Raised inside ``Store.transaction`` to undo it quietly."""
@@ -124,6 +136,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in ADDED_COLUMNS:
+            if column not in {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -259,6 +274,15 @@ class Store:
             )
         return cur.rowcount == 1
 
+    def count_fault_create(self, spec: str) -> int:
+        """Count one more batches.create carrying the fault spec ``spec``; returns how many came before."""
+        with self.transaction() as db:
+            row = db.execute("SELECT creates FROM fault_creates WHERE spec = ?", (spec,)).fetchone()
+            before = int(row["creates"]) if row else 0
+            db.execute("INSERT INTO fault_creates (spec, creates) VALUES (?, 1)"
+                       " ON CONFLICT (spec) DO UPDATE SET creates = creates + 1", (spec,))
+        return before
+
     def enqueued_tokens(self, deployment: str, *, excluding: str) -> int:
         """Input tokens held by the other unfinished batches of ``deployment``."""
         row = self._one(
@@ -340,6 +364,11 @@ class Store:
             column = "completed" if kind == "output" else "failed"
             db.execute(f"UPDATE batches SET {column} = {column} + 1 WHERE id = ?", (batch_id,))
         return True
+
+    def result_count(self, batch_id: str) -> int:
+        """How many requests of ``batch_id`` have a recorded result."""
+        row = self._one("SELECT completed + failed AS n FROM batches WHERE id = ?", (batch_id,))
+        return int(row["n"]) if row else 0
 
     def unfinished(self, batch_id: str) -> list[str]:
         """custom_ids of ``batch_id`` that have no result yet, in input order."""

@@ -27,6 +27,7 @@ from .dialects import (
     not_run_line,
     response_line,
 )
+from .faults import apply_fault, stored_spec, token_limit_message
 from .store import PendingRequest, Store
 from .validation import validate_input
 
@@ -146,6 +147,10 @@ class Worker:
             elif status == "validating":
                 if now >= batch["validate_after"]:
                     self._submit_control(bid, self._validate, bid)
+            elif status == "in_progress" and self._expire_at(batch) is not None \
+                    and batch["completed"] + batch["failed"] >= self._expire_at(batch):
+                if self._inflight_count(bid) == 0:  # the injected expiry: part of the work is done
+                    self._submit_control(bid, self._close, bid, status, "expired")
             elif status == "in_progress":
                 if batch["completed"] + batch["failed"] >= batch["total"]:
                     if self._inflight_count(bid) == 0:
@@ -160,6 +165,11 @@ class Worker:
                 if self._inflight_count(bid) == 0:
                     self._submit_control(bid, self._close, bid, "cancelling", "cancelled")
         self._dispatch(runnable)
+
+    def _expire_at(self, batch: Any) -> int | None:
+        """How many results the batch may get before an injected expiry (None: no injected expiry)."""
+        spec = stored_spec(batch["faults"])
+        return spec.expire_threshold(batch["total"]) if spec is not None else None
 
     def _submit_control(self, batch_id: str, fn: Callable[..., None], *args: Any) -> None:
         self._control_busy.add(batch_id)
@@ -185,6 +195,12 @@ class Worker:
             self._rr += 1
             with self._lock:
                 busy = set(self._inflight.get(batch["id"], ()))
+            cap = self._expire_at(batch)
+            # in-flight ids first, then the recorded count: a request leaves the in-flight set only after
+            # its result is recorded, so none is missed (one may be counted twice: dispatch waits a tick)
+            if cap is not None and self.store.result_count(batch["id"]) + len(busy) >= cap:
+                idle_rounds += 1  # enough results for its injected expiry: run nothing more
+                continue
             req = self.store.next_pending(batch["id"], busy)
             if req is None:
                 idle_rounds += 1
@@ -197,7 +213,7 @@ class Worker:
             with self._lock:
                 self._inflight.setdefault(req.batch_id, set()).add(req.custom_id)
             free -= 1
-            future = self._pool.submit(self._run, req, batch["dialect"], self._model_version(batch))
+            future = self._pool.submit(self._run, req, batch["dialect"], self._model_version(batch), batch["faults"])
             future.add_done_callback(lambda f, r=req: self._done(f, r))
 
     def _model_version(self, batch: Any) -> str:
@@ -213,11 +229,21 @@ class Worker:
 
     # ----- work items --------------------------------------------------------------------------
 
-    def _run(self, req: PendingRequest, dialect: Dialect, model_version: str) -> None:
+    def _answer(self, body: dict[str, Any], model_version: str, custom_id: str, faults: str | None) -> dict[str, Any]:
+        """The engine's chat completion for one request, with the batch's injected faults applied."""
+        spec = stored_spec(faults)
+        if spec is None:
+            return self.gate.complete(body, model=model_version, custom_id=custom_id)
+        if spec.slow:
+            time.sleep(spec.slow)
+        return apply_fault(spec.fault_for(custom_id), self.gate.complete, body, model=model_version,
+                           custom_id=custom_id, http_status=spec.http_status)
+
+    def _run(self, req: PendingRequest, dialect: Dialect, model_version: str, faults: str | None = None) -> None:
         """Run one request on the engine and record its result line."""
         self.store.mark_run(req.batch_id, req.custom_id)
         try:
-            completion = self.gate.complete(req.body, model=model_version, custom_id=req.custom_id)
+            completion = self._answer(req.body, model_version, req.custom_id, faults)
         except Exception as exc:  # EngineRequestError -> its 4xx; anything else -> 500 line
             if getattr(exc, "status_code", None) is None:
                 log.exception("engine failed on %s/%s", req.batch_id, req.custom_id)
@@ -245,6 +271,10 @@ class Worker:
             return
         deployment = result.model or ""
         quota = self.settings.token_quota
+        if batch["fault_token_limit"]:  # injected: the quota is full when this batch is checked
+            self._fail(batch_id, [{"code": "token_limit_exceeded", "param": None, "line": None,
+                                   "message": token_limit_message(batch["dialect"], deployment, quota)}])
+            return
         held = self.store.enqueued_tokens(deployment, excluding=batch_id)
         if held + result.tokens > quota:
             self._fail(batch_id, [{
