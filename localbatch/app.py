@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +36,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .config import Settings
+from .config import Settings, remove_service_record, write_service_record
 from .dialects import UPLOAD_PURPOSES, ApiError, Dialect, decorate_completion, new_batch_id, new_file_id
 from .faults import at_create
 from .store import Store
@@ -695,9 +696,11 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
         worker = Worker(store, gate, settings)
         app.state.service = Service(settings, store, gate, worker, str(getattr(engine, "name", settings.engine)))
         worker.start()
+        record = write_service_record(settings.data_dir, settings.url)
         try:
             yield
         finally:
+            remove_service_record(record)
             worker.stop()
             close = getattr(engine, "close", None)
             if callable(close):
@@ -754,7 +757,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
     @app.get("/healthz", summary="Liveness: answers when the service is ready")
     def healthz(request: Request) -> dict[str, Any]:
         svc: Service = request.app.state.service
-        return {"status": "ok", "engine": svc.engine_name,
+        return {"status": "ok", "engine": svc.engine_name, "pid": os.getpid(),
                 "deployments": {d.name: d.kind for d in svc.settings.deployments}}
 
     app.include_router(build_router(classic=False, with_v1_chat=True), prefix="/openai/v1")

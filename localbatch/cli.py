@@ -1,19 +1,27 @@
-"""Command line: ``python -m localbatch serve [options]``.
+"""Command line: ``python -m localbatch serve [options]`` and ``python -m localbatch stop``.
 
-Every option can also come from an environment variable (shown in ``--help``); the flag wins.
+Every ``serve`` option can also come from an environment variable (shown in ``--help``); the flag
+wins. A running service keeps ``service.json`` (its pid and address) in its data folder; ``stop``
+finds the service by that file or by its address and ends it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from .config import (
     DEFAULT_DEPLOYMENTS,
+    SERVICE_RECORD,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_PORT,
     DEFAULT_TOKEN_QUOTA,
@@ -92,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "localbatch_faults replaces it")
     serve.add_argument("--log-level", default=env("LOCALBATCH_LOG_LEVEL", "warning"),
                        choices=("debug", "info", "warning", "error"), help="server log level (default warning)")
+    stop = sub.add_parser("stop", help="stop a running service (e.g. one that batchkit.connect() started)",
+                          description="Stop a running local service, found by its data folder's service.json "
+                                      "or by its address (a loopback one).")
+    stop.add_argument("--data-dir", type=Path, default=None,
+                      help="the service's state folder (default: env LOCALBATCH_DATA_DIR, else .localbatch)")
+    stop.add_argument("--url", default=None,
+                      help="the service's address, e.g. http://127.0.0.1:8765 (default when no service.json is "
+                           "found: env LOCALBATCH_URL, else http://127.0.0.1:8765)")
+    stop.add_argument("--timeout", type=float, default=15.0, help="seconds to wait before SIGKILL (default 15)")
     return parser
 
 
@@ -146,15 +163,112 @@ def serve(settings: Settings, log_level: str = "warning") -> None:
     engine = create_engine(settings.engine, **settings.engine_options)  # bad options fail here, not at startup
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, engine_factory=lambda _settings: engine)
-    print(f"localbatch: serving on http://{settings.host}:{settings.port} (engine {settings.engine}, "
-          f"data {settings.data_dir}, key {'required' if settings.api_key else 'not checked'})", flush=True)
+    url = settings.url
+    print(f"localbatch: serving on {url} (engine {settings.engine}, data {settings.data_dir}, "
+          f"key {'required' if settings.api_key else 'not checked'}); stop it with: python -m localbatch stop "
+          f"--url {url}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+def _healthz_pid(url: str, timeout: float = 2.0) -> int | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url.rstrip("/") + "/healthz", timeout=timeout) as response:
+            pid = json.loads(response.read()).get("pid")
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def _is_service_process(pid: int) -> bool:
+    """True when ``pid`` lives and (where /proc tells) runs ``localbatch serve``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():
+        return True
+    try:
+        words = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return b"localbatch" in words and b"serve" in words
+
+
+def _end(pid: int, timeout: float) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_service(data_dir: Path | None, url: str | None, timeout: float = 15.0) -> str:
+    """Stop the service named by ``data_dir``'s service.json or by ``url``; returns what was stopped.
+
+    Raises LookupError (with what was looked at and what to do) when no running service is found.
+    """
+    from urllib.parse import urlsplit
+
+    from .config import is_loopback
+
+    looked: list[str] = []
+    if url is None:
+        folder = data_dir or Path(os.environ.get("LOCALBATCH_DATA_DIR") or ".localbatch")
+        record = folder / SERVICE_RECORD
+        try:
+            info = json.loads(record.read_text())
+            pid, where = int(info["pid"]), str(info.get("url", "?"))
+        except (OSError, ValueError, KeyError, TypeError):
+            looked.append(f"no {record}")
+        else:
+            if _is_service_process(pid):
+                _end(pid, timeout)
+                record.unlink(missing_ok=True)
+                return f"Stopped the local Batch service at {where} (pid {pid}, data in {folder})."
+            looked.append(f"{record} names pid {pid}, which is no longer running")
+            record.unlink(missing_ok=True)
+        if data_dir is not None:
+            raise LookupError(f"No running local service found: {'; '.join(looked)}. Pass --url with its address.")
+        url = os.environ.get("LOCALBATCH_URL") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    host = urlsplit(url).hostname or ""
+    if not is_loopback(host):
+        raise LookupError(f"{url} is not on this machine; stop that service where it runs.")
+    pid = _healthz_pid(url)
+    if pid is None or not _is_service_process(pid):
+        looked.append(f"nothing answers {url.rstrip('/')}/healthz with a pid")
+        raise LookupError(f"No running local service found: {'; '.join(looked)}. Pass --data-dir or --url.")
+    _end(pid, timeout)
+    return f"Stopped the local Batch service at {url} (pid {pid})."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m localbatch`` and the ``localbatch`` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "stop":
+        try:
+            print(stop_service(args.data_dir, args.url, args.timeout))
+        except LookupError as exc:
+            print(f"localbatch: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         settings = settings_from_args(args)
         serve(settings, args.log_level)

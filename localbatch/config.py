@@ -6,7 +6,9 @@ variable (``LOCALBATCH_*``); the flag wins. Nothing here is read at import time.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -102,6 +104,12 @@ class Settings:
         return self.data_dir / "localbatch.sqlite3"
 
     @property
+    def url(self) -> str:
+        """The address the service listens on, e.g. ``http://127.0.0.1:8765``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
     def files_dir(self) -> Path:
         """Where file bytes are kept, one file per id."""
         return self.data_dir / "files"
@@ -121,3 +129,26 @@ def env_float(name: str, default: float | None) -> float | None:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number; unset it or give seconds, e.g. {name}=0.5") from None
+
+
+#: The file in the data folder that names the running service (pid, address) for ``stop``.
+SERVICE_RECORD = "service.json"
+
+
+def write_service_record(data_dir: Path, url: str) -> Path:
+    """Write ``data_dir/service.json`` (this process's pid and address), atomically."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SERVICE_RECORD
+    tmp = path.with_name(f".{SERVICE_RECORD}.{os.getpid()}")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "started_at": int(time.time())}))
+    tmp.replace(path)
+    return path
+
+
+def remove_service_record(path: Path) -> None:
+    """Remove the record if it still names this process."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass

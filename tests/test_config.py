@@ -116,7 +116,7 @@ def test_dotenv_does_not_override_the_environment(tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("BATCH_BACKEND", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     try:
-        conn = connect()
+        conn = connect(check=False)  # no network here: the reachability check is tested on its own
         assert conn.backend == "openai" and conn.deployment == "from-env"
     finally:
         for name in ("BATCH_BACKEND", "OPENAI_API_KEY"):
@@ -155,6 +155,7 @@ def test_connect_starts_the_local_service_detached_and_reuses_it(
         # it says so, in one line, without the key or a machine path
         assert printed.out.count("\n") == 1 and printed.err == ""
         assert f"Started the local Batch service at {url} in the background" in printed.out
+        assert f"stop it with `python -m localbatch stop --url {url}`" in printed.out
         assert "(data in .localbatch/)" in printed.out
         assert AUTOSTART_KEY not in printed.out and str(tmp_path) not in printed.out
 
