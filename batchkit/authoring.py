@@ -1,23 +1,57 @@
 """Turn a table of inputs into batch request lines, check them, and write the JSONL file.
 
-One builder, `build_body`, makes the chat request body; it is used for every batch line
-(`build_requests`) and for a single live try (`try_live`), so both send the same thing.
+One family of body builders makes every request body, for batch lines (`build_requests`) and for
+a single live try (`try_live`), so both send the same thing:
+
+* ``api="chat"`` (default): a Chat Completions body, ``messages`` + ``response_format``
+  (`build_chat_body`); lines go to ``/chat/completions`` (Azure) or ``/v1/chat/completions``.
+* ``api="responses"``: a Responses API body, ``input`` + ``text.format`` and
+  ``max_output_tokens`` (`build_responses_body`); lines go to ``/v1/responses``.
+
+`write_jsonl` lints each line as an object while it serialises it (once, with orjson) and
+streams it to disk, so a file that would fail is never written and nothing is held twice.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import string
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import pandas as pd
 
 from batchkit.errors import AuthoringError, LintError
 
 Target = Literal["azure", "openai"]
+Api = Literal["chat", "responses"]
 Rows = "pd.DataFrame | Sequence[Mapping[str, Any]]"
+
+#: The batch url of each API when none is given (Azure accepts both forms, OpenAI wants /v1).
+DEFAULT_URLS: dict[str, str] = {"chat": "/chat/completions", "responses": "/v1/responses"}
+_CHAT_URLS = ("/chat/completions", "/v1/chat/completions")
+#: Chat Completions option names that the Responses API spells differently.
+_RESPONSES_OPTION_NAMES = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens"}
+
+
+def _schema_block(schema: Any, *, name: str, target: Target, convert: bool | None) -> dict[str, Any]:
+    """``{"name", "schema", "strict": True}`` for a schema dict or a pydantic model."""
+    is_model = isinstance(schema, type) and hasattr(schema, "model_json_schema")
+    if convert is None:
+        convert = is_model
+    if convert or is_model:
+        from batchkit.schema import response_format_for
+
+        return dict(response_format_for(schema, name, target=target)["json_schema"])
+    if not isinstance(schema, Mapping):
+        raise AuthoringError(f"schema must be a JSON schema dict or a pydantic model class, not {type(schema).__name__}.")
+    if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
+        raise AuthoringError(f"Schema name {name!r} must be 1-64 letters, digits, '_' or '-'.")
+    return {"name": name, "schema": dict(schema), "strict": True}
 
 
 def response_format(
@@ -27,7 +61,7 @@ def response_format(
     target: Target = "azure",
     convert: bool | None = None,
 ) -> dict[str, Any]:
-    """The strict `response_format` block for a JSON schema dict or a pydantic model class.
+    """The strict chat `response_format` block for a JSON schema dict or a pydantic model class.
 
     Args:
         schema: a JSON schema dict, or a pydantic model class.
@@ -37,25 +71,40 @@ def response_format(
             service shares). Default: yes for a pydantic model; no for a dict, which is sent exactly
             as written so that the pre-flight lint reports its problems instead of hiding them.
     """
-    is_model = isinstance(schema, type) and hasattr(schema, "model_json_schema")
-    if convert is None:
-        convert = is_model
-    if convert or is_model:
-        from batchkit.schema import response_format_for
+    return {"type": "json_schema", "json_schema": _schema_block(schema, name=name, target=target, convert=convert)}
 
-        return dict(response_format_for(schema, name, target=target))
-    if not isinstance(schema, Mapping):
-        raise AuthoringError(f"schema must be a JSON schema dict or a pydantic model class, not {type(schema).__name__}.")
-    if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
-        raise AuthoringError(f"Schema name {name!r} must be 1-64 letters, digits, '_' or '-'.")
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema), "strict": True}}
+
+def text_format(
+    schema: Any,
+    *,
+    name: str = "response",
+    target: Target = "azure",
+    convert: bool | None = None,
+) -> dict[str, Any]:
+    """The strict Responses API `text.format` block: ``{"type": "json_schema", name, schema, strict}``.
+
+    Arguments as `response_format` (the same schema handling; only the wrapping differs).
+    """
+    return {"type": "json_schema", **_schema_block(schema, name=name, target=target, convert=convert)}
+
+
+def as_text_format(block: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat `response_format` block (or a `text.format` block) as a Responses `text.format` block."""
+    if block.get("type") == "json_schema" and isinstance(block.get("json_schema"), Mapping):
+        return {"type": "json_schema", **block["json_schema"]}
+    return dict(block)
 
 
 def schema_fields(schema: Any) -> list[str]:
-    """The top-level property names of a JSON schema dict or pydantic model, in schema order."""
+    """The top-level property names of a schema, in schema order.
+
+    Accepts a JSON schema dict, a chat `response_format` block, a Responses `text.format` block,
+    a `json_schema` block, or a pydantic model class.
+    """
     if isinstance(schema, Mapping):
-        if schema.get("type") == "json_schema":  # a whole response_format
-            schema = schema["json_schema"]["schema"]
+        if schema.get("type") == "json_schema":  # a whole response_format, or a text.format block
+            inner = schema.get("json_schema")
+            schema = inner["schema"] if isinstance(inner, Mapping) else schema.get("schema") or {}
         elif "schema" in schema and "properties" not in schema:  # a json_schema block
             schema = schema["schema"]
         return list((schema.get("properties") or {}).keys())
@@ -64,7 +113,14 @@ def schema_fields(schema: Any) -> list[str]:
     raise AuthoringError(f"Cannot read fields from {schema!r}: pass a JSON schema dict or a pydantic model class.")
 
 
-def build_body(
+def _check_prompt(model: str, user: str) -> None:
+    if not model:
+        raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
+    if not user:
+        raise AuthoringError("The user message is empty: every row needs a prompt.")
+
+
+def build_chat_body(
     *,
     model: str,
     system: str,
@@ -72,7 +128,7 @@ def build_body(
     response_format: Mapping[str, Any],
     **options: Any,
 ) -> dict[str, Any]:
-    """The chat completion body for one request: model, system + user messages, response_format.
+    """The Chat Completions body for one request: model, system + user messages, response_format.
 
     Args:
         model: the deployment (Azure, local) or model name (OpenAI).
@@ -81,30 +137,226 @@ def build_body(
         response_format: from `response_format(...)`: `{"type": "json_schema", "json_schema": {..., "strict": true}}`.
         **options: further body fields, e.g. `max_tokens=200`, `temperature=0` (None values are left out).
     """
-    if not model:
-        raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
-    if not user:
-        raise AuthoringError("The user message is empty: every row needs a prompt.")
+    _check_prompt(model, user)
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-        "response_format": dict(response_format),
+        "response_format": response_format,
     }
-    body.update({key: value for key, value in options.items() if value is not None})
+    for key, value in options.items():
+        if value is not None:
+            body[key] = value
     return body
 
 
-def _records(rows: Any) -> list[dict[str, Any]]:
-    if isinstance(rows, pd.DataFrame):
-        return [dict(record) for record in rows.to_dict(orient="records")]
-    if isinstance(rows, Iterable) and not isinstance(rows, (str, bytes, Mapping)):
-        records = []
+def build_responses_body(
+    *,
+    model: str,
+    system: str,
+    user: str,
+    text_format: Mapping[str, Any],
+    **options: Any,
+) -> dict[str, Any]:
+    """The Responses API body for one request: model, system + user input messages, text.format.
+
+    Args:
+        model: the deployment (Azure, local) or model name (OpenAI).
+        system: the system message (the first input message, role ``system``).
+        user: the user message.
+        text_format: from `text_format(...)` (or `as_text_format` of a chat response_format).
+        **options: further body fields; `max_tokens` / `max_completion_tokens` are written as
+            `max_output_tokens` (the Responses name); None values are left out.
+    """
+    _check_prompt(model, user)
+    body: dict[str, Any] = {
+        "model": model,
+        "input": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        "text": {"format": text_format},
+    }
+    for key, value in options.items():
+        if value is not None:
+            body[_RESPONSES_OPTION_NAMES.get(key, key)] = value
+    return body
+
+
+def build_body(
+    *,
+    model: str,
+    system: str,
+    user: str,
+    response_format: Mapping[str, Any],
+    api: Api = "chat",
+    **options: Any,
+) -> dict[str, Any]:
+    """The request body for one request, for either API (`build_chat_body` or `build_responses_body`).
+
+    Args:
+        model: the deployment (Azure, local) or model name (OpenAI).
+        system: the system message.
+        user: the user message.
+        response_format: from `response_format(...)`; for ``api="responses"`` it becomes `text.format`
+            (a `text_format(...)` block is accepted too).
+        api: ``"chat"`` (Chat Completions) or ``"responses"`` (Responses API).
+        **options: further body fields, e.g. `max_tokens=200`, `temperature=0` (None values are left out).
+    """
+    if api == "responses":
+        return build_responses_body(model=model, system=system, user=user,
+                                    text_format=as_text_format(response_format), **options)
+    if api != "chat":
+        raise AuthoringError(f"api={api!r}: use 'chat' (Chat Completions) or 'responses' (Responses API).")
+    return build_chat_body(model=model, system=system, user=user, response_format=response_format, **options)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or value is pd.NA or value is pd.NaT
+
+
+def _template_fields(template: str) -> list[str] | None:
+    """The plain column names a `str.format` template uses, or None when it needs whole rows
+    (attribute or index access, positional fields)."""
+    names: list[str] = []
+    try:
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is None:
+                continue
+            if not field or not field.isidentifier():
+                return None
+            if field not in names:
+                names.append(field)
+    except ValueError as exc:
+        raise AuthoringError(f"The template {template!r} is not a valid str.format template: {exc}.") from None
+    return names
+
+
+class _RowSource:
+    """Rows as (index, custom_id-or-None, record) without materialising a DataFrame's records:
+    only the columns the prompt needs are read."""
+
+    def __init__(self, rows: Any, *, id_column: str, prompt_column: str, template: str | None) -> None:
+        self.rows = rows
+        self.id_column = id_column
+        self.prompt_column = prompt_column
+        self.template = template
+        if isinstance(rows, pd.DataFrame):
+            self.columns = [str(c) for c in rows.columns]
+        elif isinstance(rows, Iterable) and not isinstance(rows, (str, bytes, Mapping)):
+            self.columns = None
+        else:
+            raise AuthoringError("rows must be a pandas DataFrame or a list of dicts (records).")
+
+    def __iter__(self) -> Iterator[tuple[int, Any, Mapping[str, Any]]]:
+        rows = self.rows
+        if isinstance(rows, pd.DataFrame):
+            names = [self.prompt_column] if self.template is None else _template_fields(self.template)
+            if names is None:
+                needed = list(rows.columns)
+            else:
+                needed = [n for n in names if n in rows.columns]
+                if self.id_column in rows.columns and self.id_column not in needed:
+                    needed.append(self.id_column)
+            ids = rows[self.id_column].tolist() if self.id_column in rows.columns else None
+            columns = [rows[c].tolist() for c in needed]
+            for index, values in enumerate(zip(*columns)) if columns else enumerate([()] * len(rows)):
+                yield index, (ids[index] if ids is not None else None), dict(zip(needed, values))
+            return
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise AuthoringError(f"Row {index} is a {type(row).__name__}, not a mapping of column -> value.", row=index)
-            records.append(dict(row))
-        return records
-    raise AuthoringError("rows must be a pandas DataFrame or a list of dicts (records).")
+            yield index, row.get(self.id_column), row
+
+
+def iter_requests(
+    rows: Any,
+    *,
+    system: str,
+    schema: Any,
+    model: str,
+    name: str = "response",
+    url: str | None = None,
+    prompt_column: str = "prompt",
+    template: str | None = None,
+    id_column: str = "custom_id",
+    id_prefix: str = "task-",
+    target: Target = "azure",
+    convert: bool | None = None,
+    api: Api = "chat",
+    **options: Any,
+) -> Iterator[dict[str, Any]]:
+    """The request lines of `build_requests`, one at a time (for tables too large to hold twice).
+
+    Arguments as `build_requests`. Repeated custom_ids are not checked here: `write_jsonl`
+    checks them while writing (and `build_requests` before returning).
+    """
+    if api not in DEFAULT_URLS:
+        raise AuthoringError(f"api={api!r}: use 'chat' (Chat Completions) or 'responses' (Responses API).")
+    if url is None or (api == "responses" and url in _CHAT_URLS):
+        url = DEFAULT_URLS[api]
+    block = _schema_block(schema, name=name, target=target, convert=convert)
+    if api == "responses":
+        fmt: dict[str, Any] = {"type": "json_schema", **block}
+        extra = {_RESPONSES_OPTION_NAMES.get(k, k): v for k, v in options.items() if v is not None}
+        shape = "input"
+        holder: dict[str, Any] = {"format": fmt}
+        format_key = "text"
+    else:
+        fmt = {"type": "json_schema", "json_schema": block}
+        extra = {k: v for k, v in options.items() if v is not None}
+        shape = "messages"
+        holder = fmt
+        format_key = "response_format"
+    if not model:
+        raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
+    source = _RowSource(rows, id_column=id_column, prompt_column=prompt_column, template=template)
+    fill = template.format_map if template is not None else None
+    system_message = {"role": "system", "content": system}
+    count = 0
+    for index, raw_id, record in source:
+        count += 1
+        if raw_id is None and id_column not in (source.columns or record):
+            custom_id = f"{id_prefix}{index}"
+        elif _missing(raw_id):
+            raise AuthoringError(
+                f"Row {index}: the {id_column!r} column is empty; every row needs its own custom_id "
+                f"(or pass id_column= naming another column).", row=index)
+        else:
+            custom_id = str(raw_id)
+        if fill is not None:
+            try:
+                user = fill(record)
+            except KeyError as exc:
+                columns = source.columns if source.columns is not None else list(map(str, record))
+                raise AuthoringError(
+                    f"Row {index} ({custom_id}): the template names {exc.args[0]!r}, which is not a column "
+                    f"(columns: {', '.join(columns)}).",
+                    custom_id=custom_id,
+                    row=index,
+                ) from None
+            except (IndexError, ValueError, AttributeError) as exc:
+                raise AuthoringError(f"Row {index} ({custom_id}): the template cannot be filled: {exc}.",
+                                     custom_id=custom_id, row=index) from None
+        else:
+            if prompt_column not in record:
+                columns = source.columns if source.columns is not None else list(map(str, record))
+                raise AuthoringError(
+                    f"Row {index} ({custom_id}) has no column {prompt_column!r} (columns: {', '.join(columns)}); "
+                    f"pass prompt_column= naming the prompt column, or template=.",
+                    custom_id=custom_id,
+                    row=index,
+                )
+            value = record[prompt_column]
+            user = "" if _missing(value) else value if isinstance(value, str) else str(value)
+        if not user or user.isspace():
+            raise AuthoringError(f"Row {index} ({custom_id}): the prompt is empty.", custom_id=custom_id, row=index)
+        body: dict[str, Any] = {
+            "model": model,
+            shape: [system_message.copy(), {"role": "user", "content": user}],
+            format_key: holder,
+        }
+        if extra:
+            body.update(extra)
+        yield {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+    if count == 0:
+        raise AuthoringError("No rows: a batch needs at least one request.")
 
 
 def build_requests(
@@ -114,13 +366,14 @@ def build_requests(
     schema: Any,
     model: str,
     name: str = "response",
-    url: str = "/chat/completions",
+    url: str | None = None,
     prompt_column: str = "prompt",
     template: str | None = None,
     id_column: str = "custom_id",
     id_prefix: str = "task-",
     target: Target = "azure",
     convert: bool | None = None,
+    api: Api = "chat",
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Request lines `{custom_id, method, url, body}` for every row, in row order.
@@ -131,47 +384,31 @@ def build_requests(
         schema: a JSON schema dict or a pydantic model class (made strict by `response_format`).
         model: deployment (Azure, local) or model (OpenAI) named in every line.
         name: the schema name (`^[a-zA-Z0-9_-]{1,64}$`).
-        url: `/chat/completions` (Azure, local) or `/v1/chat/completions` (OpenAI); `Connection.batch_url`.
+        url: the line's url. Default: ``/chat/completions`` for chat (Azure, local; pass
+            ``Connection.batch_url``, e.g. ``/v1/chat/completions`` for OpenAI) and
+            ``/v1/responses`` for ``api="responses"`` (a chat url given with ``api="responses"``
+            is taken to mean the Responses endpoint of the same service, ``/v1/responses``).
         prompt_column: the column holding the user message (ignored when `template` is given).
         template: a `str.format` template filled from the row, e.g. `"Provide info about {building}"`.
         id_column: the column holding the custom_id; when absent, ids are `id_prefix` + row number.
         target: which service's strict-schema rules to apply (`azure` or `openai`).
         convert: see `response_format` (default: convert pydantic models, send dicts as written).
-        **options: extra body fields passed to `build_body` (e.g. `max_tokens`).
+        api: ``"chat"`` (Chat Completions bodies, the default) or ``"responses"`` (Responses API
+            bodies: ``input``, ``text.format``, ``max_output_tokens``).
+        **options: extra body fields (e.g. `max_tokens`, `temperature`; None values left out).
+
+    Every body shares one schema object (the schema is the same on every line): copy a line's
+    body before changing its schema.
 
     Raises:
-        AuthoringError: a missing prompt column or template field, an empty prompt, or a duplicate custom_id.
+        AuthoringError: a missing prompt column or template field, an empty prompt or id, or a
+            duplicate custom_id.
     """
-    records = _records(rows)
-    if not records:
-        raise AuthoringError("No rows: a batch needs at least one request.")
-    fmt = response_format(schema, name=name, target=target, convert=convert)
-    lines: list[dict[str, Any]] = []
-    for index, record in enumerate(records):
-        custom_id = str(record[id_column]) if id_column in record else f"{id_prefix}{index}"
-        if template is not None:
-            try:
-                user = template.format(**record)
-            except KeyError as exc:
-                raise AuthoringError(
-                    f"Row {index} ({custom_id}): the template names {exc.args[0]!r}, which is not a column "
-                    f"(columns: {', '.join(map(str, record))}).",
-                    custom_id=custom_id,
-                    row=index,
-                ) from None
-        else:
-            if prompt_column not in record:
-                raise AuthoringError(
-                    f"Row {index} ({custom_id}) has no column {prompt_column!r}; pass prompt_column= or template=.",
-                    custom_id=custom_id,
-                    row=index,
-                )
-            value = record[prompt_column]
-            user = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-        if not user.strip():
-            raise AuthoringError(f"Row {index} ({custom_id}): the prompt is empty.", custom_id=custom_id, row=index)
-        body = build_body(model=model, system=system, user=user, response_format=fmt, **options)
-        lines.append({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+    lines = list(iter_requests(
+        rows, system=system, schema=schema, model=model, name=name, url=url, prompt_column=prompt_column,
+        template=template, id_column=id_column, id_prefix=id_prefix, target=target, convert=convert, api=api,
+        **options,
+    ))
     check_unique_ids(lines)
     return lines
 
@@ -192,87 +429,190 @@ def check_unique_ids(lines: Iterable[Mapping[str, Any]]) -> None:
         seen[custom_id] = index
 
 
+def _dumps_line(line: Any) -> bytes:
+    """One request line as JSON bytes (orjson: compact, UTF-8, no BOM, never a raw newline)."""
+    return orjson.dumps(line)
+
+
 def to_jsonl_bytes(lines: Iterable[Mapping[str, Any]]) -> bytes:
-    """Encode request lines as JSONL: one JSON object per line (no newlines inside), UTF-8 without BOM."""
-    return b"".join(
-        json.dumps(line, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8") + b"\n" for line in lines
-    )
+    """Encode request lines as JSONL: one compact JSON object per line, UTF-8 without BOM."""
+    return b"".join(_dumps_line(line) + b"\n" for line in lines)
+
+
+def _unencodable(error: Exception, index: int, line: Any) -> bool:
+    """True when orjson refused the line only because of a lone surrogate in a string (a lint
+    finding); any other refusal (a value JSON cannot hold) raises `AuthoringError`."""
+    if "surrogates not allowed" in str(error):
+        return True
+    custom_id = line.get("custom_id") if isinstance(line, Mapping) else None
+    raise AuthoringError(
+        f"Request {index} ({custom_id}) cannot be written as JSON: {error}. Request lines hold only "
+        "strings, numbers, booleans, None, lists and dicts with string keys.",
+        custom_id=custom_id if isinstance(custom_id, str) else None, row=index,
+    ) from None
 
 
 def lint_requests(
-    lines: Sequence[Mapping[str, Any]],
+    lines: Iterable[Mapping[str, Any]],
     *,
     target: Target = "azure",
     deployments: Mapping[str, str] | None = None,
     endpoint: str | None = None,
 ) -> list[Any]:
-    """Every finding of the batch-file lint (`batchkit.lint.lint_batch_file`) on the encoded lines."""
-    from batchkit.lint import lint_batch_file
+    """Every finding of the batch-file lint (`batchkit.lint.lint_batch_file`) on the request lines.
 
-    data = to_jsonl_bytes(lines)
-    return list(lint_batch_file(data.splitlines(keepends=True), target=target, deployments=deployments, endpoint=endpoint))
+    The lines are checked as objects, with the line numbers and byte sizes they will have in
+    the file `write_jsonl` writes (they are serialised to count bytes, never parsed back).
+    """
+    from batchkit.lint import BatchFileLinter
+
+    linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint)
+    findings: list[Any] = []
+    for index, line in enumerate(lines):
+        try:
+            size = len(_dumps_line(line)) + 1
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            if _unencodable(exc, index, line):
+                findings.extend(linter.unencodable())
+            continue
+        findings.extend(linter.feed_object(line, size))
+    findings.extend(linter.close())
+    return findings
 
 
 def write_jsonl(
-    lines: Sequence[Mapping[str, Any]],
+    lines: Iterable[Mapping[str, Any]],
     path: str | Path,
     *,
     check: bool = True,
     target: Target = "azure",
     deployments: Mapping[str, str] | None = None,
     quota: int | None = None,
+    endpoint: str | None = None,
 ) -> Path:
-    """Write request lines to `path` (folders created); lint first and refuse a file that would fail.
+    """Write request lines to `path` (folders created); lint them and refuse a file that would fail.
+
+    One pass: each line is checked as an object (custom_id unique, the batch-file lint of
+    `batchkit.lint`), serialised once with orjson and streamed to a temporary file beside `path`,
+    which replaces `path` only when every line passed. So an iterator of 10^6 lines (e.g.
+    `iter_requests`) is never held in memory, and a refused file leaves nothing behind.
 
     Args:
-        lines: request lines from `build_requests`.
+        lines: request lines from `build_requests` (a list) or `iter_requests` (an iterator).
         path: where to write the `.jsonl` file.
-        check: run `lint_requests` and raise `LintError` (writing nothing) on any error finding.
+        check: lint the lines and raise `LintError` (writing nothing) on any error finding.
+            Repeated or missing custom_ids raise `AuthoringError` even without `check`.
         target: `azure` or `openai` rules for the lint.
         deployments: deployment name -> kind for the model checks (None skips them).
         quota: an enqueued-token quota (e.g. `Estimate.quota`); with `check`, a file whose estimated
             input tokens exceed it is refused too (it would fail with `token_limit_exceeded`).
+        endpoint: the batch endpoint every line's url must name (None: the first line's url).
 
     Returns:
         The path written.
     """
-    lines = list(lines)
-    check_unique_ids(lines)
-    if check:
-        findings = lint_requests(lines, target=target, deployments=deployments)
-        if quota:
-            from batchkit.estimate import estimate_batch
+    from batchkit.lint import BatchFileLinter
 
-            over = estimate_batch(lines, quota=quota).quota_finding
-            if over is not None:
-                findings.append(over)
-        errors = [f for f in findings if getattr(f, "severity", "error") == "error"]
+    target_path = Path(path)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint) if check else None
+    errors: list[Any] = []
+    seen: dict[str, int] = {}
+    tokens = 0
+    first_model: str | None = None
+    count_tokens = None
+    if check and quota:
+        from batchkit.estimate import count_body_tokens as count_tokens
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target_path.name}.", suffix=".part", dir=target_path.parent)
+    try:
+        with os.fdopen(handle, "wb", buffering=1 << 20) as out:
+            write = out.write
+            for index, line in enumerate(lines):
+                custom_id = line.get("custom_id") if isinstance(line, Mapping) else None
+                if not isinstance(custom_id, str) or not custom_id:
+                    raise AuthoringError(f"Request {index} has no custom_id (a non-empty string is required).", row=index)
+                first = seen.setdefault(custom_id, index)
+                if first != index:
+                    raise AuthoringError(
+                        f"custom_id {custom_id!r} is used by rows {first} and {index}; each request needs its own id.",
+                        custom_id=custom_id,
+                        row=index,
+                    )
+                try:
+                    data = _dumps_line(line)
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    if linter is not None and _unencodable(exc, index, line):
+                        errors.extend(linter.unencodable())
+                        continue
+                    raise
+                if linter is not None:
+                    found = linter.feed_object(line, len(data) + 1)
+                    if found:
+                        errors.extend(f for f in found if f.severity == "error")
+                    if count_tokens is not None:
+                        body = line.get("body")
+                        if isinstance(body, Mapping):
+                            first_model = first_model or str(body.get("model"))
+                            tokens += count_tokens(body)
+                write(data)
+                write(b"\n")
+        if linter is not None:
+            errors.extend(f for f in linter.close() if f.severity == "error")
+            if count_tokens is not None:
+                from batchkit.estimate import quota_check
+
+                over = quota_check(tokens, quota, model=first_model or "the model")
+                if over is not None and over.severity == "error":
+                    errors.append(over)
         if errors:
-            first = errors[0]
-            where = f"line {first.line}" if getattr(first, "line", None) else "the file"
+            first_error = errors[0]
+            where = f"line {first_error.line}" if getattr(first_error, "line", None) else "the file"
             raise LintError(
-                f"Not written: {len(errors)} error finding(s), first at {where}: {first.message} "
+                f"Not written: {len(errors)} error finding(s), first at {where}: {first_error.message} "
                 f"Fix the schema or rows and build the requests again.",
                 findings=errors,
             )
-    target_path = Path(path)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    target_path.write_bytes(to_jsonl_bytes(lines))
+        os.replace(temp_name, target_path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
     return target_path
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file into a list of dicts; a bad line raises `AuthoringError` naming it."""
     records = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
                 continue
             try:
-                records.append(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise AuthoringError(f"{Path(path).name} line {number} is not JSON: {exc.msg}.", row=number) from None
+                records.append(orjson.loads(raw))
+            except orjson.JSONDecodeError as exc:
+                raise AuthoringError(f"{Path(path).name} line {number} is not JSON: {exc}.", row=number) from None
     return records
+
+
+def _user_prompt(body: Mapping[str, Any]) -> Any:
+    messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")
+        if isinstance(messages, str):
+            return messages
+    return next((m.get("content") for m in messages or [] if isinstance(m, Mapping) and m.get("role") == "user"), "")
+
+
+def request_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The output JSON schema of a request body (chat `response_format` or Responses `text.format`)."""
+    from batchkit.estimate import _body_schema
+
+    schema = _body_schema(body)
+    return dict(schema) if schema is not None else None
 
 
 def requests_frame(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -280,15 +620,12 @@ def requests_frame(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for line in lines:
         body = line.get("body", {})
-        messages = body.get("messages", [])
-        user = next((m.get("content") for m in messages if m.get("role") == "user"), "")
-        block = (body.get("response_format") or {}).get("json_schema") or {}
-        required = (block.get("schema") or {}).get("required") or []
+        required = (request_schema(body) or {}).get("required") or []
         rows.append(
             {
                 "custom_id": line.get("custom_id"),
                 "model": body.get("model"),
-                "prompt": user,
+                "prompt": _user_prompt(body),
                 "required": ", ".join(required),
             }
         )
@@ -296,12 +633,38 @@ def requests_frame(lines: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def try_live(client: Any, body: Mapping[str, Any], *, model: str | None = None) -> Any:
-    """Send one request body (from `build_body` or a batch line's `body`) as a live chat call.
+    """Send one request body (from `build_body` or a batch line's `body`) as a live call.
 
-    Azure Global Batch deployments refuse live calls: pass `model=` naming a standard deployment
-    there. Returns the SDK's `ChatCompletion`.
+    A Chat Completions body (``messages``) goes to ``client.chat.completions.create`` and returns
+    the SDK's `ChatCompletion`; a Responses body (``input``) goes to ``client.responses.create``
+    and returns its `Response` (see `live_answer`). Azure Global Batch deployments refuse live
+    calls: pass `model=` naming a standard deployment there.
     """
     request = dict(body)
     if model:
         request["model"] = model
+    if "messages" not in request and "input" in request:
+        return client.responses.create(**request)
     return client.chat.completions.create(**request)
+
+
+def live_answer(reply: Any) -> tuple[str | None, str | None]:
+    """``(how it ended, the answer text)`` of a live reply from `try_live`, for either API.
+
+    Chat: ``(choices[0].finish_reason, message.content or message.refusal)``. Responses:
+    ``(status, or incomplete_details.reason when incomplete, output_text or the refusal)``.
+    """
+    if hasattr(reply, "choices"):
+        choice = reply.choices[0]
+        return choice.finish_reason, choice.message.content or choice.message.refusal
+    status = getattr(reply, "status", None)
+    details = getattr(reply, "incomplete_details", None)
+    if status == "incomplete" and details is not None and getattr(details, "reason", None):
+        status = details.reason
+    text = getattr(reply, "output_text", None)
+    if not text:
+        for item in getattr(reply, "output", None) or []:
+            for part in getattr(item, "content", None) or []:
+                if getattr(part, "type", None) == "refusal":
+                    return status, part.refusal
+    return status, text

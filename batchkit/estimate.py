@@ -105,20 +105,43 @@ def _body_texts(body: Mapping[str, Any]) -> tuple[list[str], int]:
                             overhead += IMAGE_PART_TOKENS
                 elif key == "tool_calls" and value:
                     texts.append(_compact(value))
-    rf = body.get("response_format")
-    if isinstance(rf, Mapping) and rf.get("type") == "json_schema" and rf.get("json_schema") is not None:
-        js = rf["json_schema"]
-        texts.append(_compact(js.get("schema", js) if isinstance(js, Mapping) else js))
+    if "messages" not in body and ("input" in body or "instructions" in body):  # a Responses body
+        instructions = body.get("instructions")
+        if isinstance(instructions, str):
+            overhead += TOKENS_PER_MESSAGE
+            texts.append(instructions)
+        value = body.get("input")
+        if isinstance(value, str):
+            overhead += TOKENS_PER_MESSAGE
+            texts.append(value)
+        elif isinstance(value, list):
+            for item in value:
+                if not isinstance(item, Mapping):
+                    continue
+                overhead += TOKENS_PER_MESSAGE
+                content = item.get("content")
+                if isinstance(content, str):
+                    texts.append(content)
+                elif isinstance(content, list):
+                    for part in content:
+                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                            texts.append(part["text"])
+                        elif isinstance(part, Mapping) and part.get("type") == "input_image":
+                            overhead += IMAGE_PART_TOKENS
+    schema = _body_schema(body)
+    if schema is not None:
+        texts.append(_compact(schema))
     if body.get("tools"):
         texts.append(_compact(body["tools"]))
     return texts, overhead
 
 
 def count_body_tokens(body: Mapping[str, Any], encoding: str = "o200k_base") -> int:
-    """Input tokens of one Chat Completions body: message texts, framing, schema and tools.
+    """Input tokens of one request body: message texts, framing, schema and tools.
 
     Args:
-        body: the request body (``messages``, optional ``response_format``, ``tools``).
+        body: a Chat Completions body (``messages``, optional ``response_format``, ``tools``)
+            or a Responses body (``input``, ``instructions``, ``text.format``, ``tools``).
         encoding: ``o200k_base`` (gpt-4o class, default) or ``cl100k_base``.
 
     Returns:
@@ -190,7 +213,7 @@ def schema_output_tokens(schema: Mapping[str, Any], encoding: str = "o200k_base"
 
 
 def _output_bound(body: Mapping[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens"):
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -198,11 +221,16 @@ def _output_bound(body: Mapping[str, Any]) -> int | None:
 
 
 def _body_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The output schema of a chat (``response_format``) or Responses (``text.format``) body."""
     rf = body.get("response_format")
     if isinstance(rf, Mapping) and rf.get("type") == "json_schema":
         js = rf.get("json_schema")
         if isinstance(js, Mapping) and isinstance(js.get("schema"), Mapping):
             return js["schema"]
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), Mapping):
+        return fmt["schema"]
     return None
 
 
@@ -558,9 +586,9 @@ def _usage_rows(outputs: Any) -> list[dict[str, Any]]:
         usage: Mapping[str, Any] = {}
         if isinstance(response, Mapping) and isinstance(response.get("body"), Mapping):
             usage = response["body"].get("usage") or {}
-        rows.append({"custom_id": parsed.get("custom_id"),
-                     "prompt_tokens": usage.get("prompt_tokens"),
-                     "completion_tokens": usage.get("completion_tokens")})
+        rows.append({"custom_id": parsed.get("custom_id"),  # chat names, else the Responses names
+                     "prompt_tokens": usage.get("prompt_tokens", usage.get("input_tokens")),
+                     "completion_tokens": usage.get("completion_tokens", usage.get("output_tokens"))})
     return rows
 
 

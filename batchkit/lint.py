@@ -36,17 +36,23 @@ import sys
 from dataclasses import replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import orjson
+
 from batchkit.schema import Finding, Target, lint_strict_schema, render_path
 
 __all__ = [
     "Finding",
     "lint_batch_file",
+    "BatchFileLinter",
     "lint_request_body",
     "lint_batch_metadata",
     "findings_to_frame",
+    "findings_by_rule",
+    "findings_table",
     "has_errors",
     "FILE_LIMITS",
     "CHAT_BODY_KEYS",
+    "RESPONSES_BODY_KEYS",
     "main",
 ]
 
@@ -67,6 +73,8 @@ BATCH_URLS: dict[str, frozenset[str]] = {
     "azure": frozenset({"/chat/completions", "/v1/chat/completions", "/responses", "/v1/responses"}),
 }
 _CHAT_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_RESPONSES_URLS = frozenset({"/v1/responses", "/responses"})
+_INPUT_ROLES = ("user", "assistant", "system", "developer")
 
 #: Keys a Chat Completions request body may carry (anything else is ``unknown_parameter``).
 CHAT_BODY_KEYS: frozenset[str] = frozenset(
@@ -80,6 +88,28 @@ CHAT_BODY_KEYS: frozenset[str] = frozenset(
         "data_sources",
     }
 )
+#: Keys a Responses request body may carry (``openai.types.responses.ResponseCreateParams``, plus
+#: ``stream``); anything else is ``unknown_parameter``.
+RESPONSES_BODY_KEYS: frozenset[str] = frozenset(
+    {
+        "model", "input", "instructions", "text", "max_output_tokens", "temperature", "top_p",
+        "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "max_tool_calls", "metadata",
+        "store", "stream", "stream_options", "reasoning", "include", "previous_response_id",
+        "conversation", "prompt", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+        "safety_identifier", "service_tier", "truncation", "user", "background", "background_options",
+        "context_management", "image", "moderation", "access_programs",
+    }
+)
+#: Chat Completions parameters that the Responses API names differently: the service answers
+#: ``unsupported_parameter`` with "In the Responses API, this parameter has moved to '...'".
+RESPONSES_MOVED: dict[str, str] = {
+    "response_format": "text.format",
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "reasoning_effort": "reasoning.effort",
+    "verbosity": "text.verbosity",
+}
 _LINE_KEYS = ("custom_id", "method", "url", "body")
 _ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 _RF_TYPES = ("json_object", "json_schema", "text")
@@ -267,25 +297,36 @@ def _text_of_messages(messages: Any) -> str:
     return "\n".join(out)
 
 
-_SCHEMA_CACHE: dict[tuple[str, str, str], tuple[Finding, ...]] = {}
+_SCHEMA_CACHE: dict[tuple[bytes, str, str, str], tuple[Finding, ...]] = {}
 _SCHEMA_CACHE_SIZE = 64
 
 
-def _response_schema_findings(schema: Any, name: str, target: Target) -> tuple[Finding, ...]:
-    """`lint_strict_schema` of a response_format schema, remembered for the last few schemas:
-    a batch file usually repeats one schema on every line (findings are immutable, so shared)."""
+def _schema_findings(schema: Any, name: str, target: Target, api: str = "chat") -> tuple[Finding, ...]:
+    """`lint_strict_schema` of a request's output schema, remembered for the last few schemas:
+    a batch file usually repeats one schema on every line (findings are immutable, so shared).
+
+    ``api="responses"`` gives the Responses API's form: path ``text.format.schema...``, param
+    ``text.format.schema`` and code ``invalid_json_schema`` (the chat form has param
+    ``response_format`` and a null code)."""
     try:
-        key = (json.dumps(schema, sort_keys=False, allow_nan=False), name, target)
-    except (TypeError, ValueError, RecursionError):  # not plain JSON: no cache
-        return tuple(lint_strict_schema(schema, name=name, target=target,
-                                        path_prefix="response_format.json_schema.schema"))
-    found = _SCHEMA_CACHE.get(key)
+        key = (orjson.dumps(schema), name, target, api)
+    except (TypeError, orjson.JSONEncodeError):  # not plain JSON: no cache
+        key = None
+    found = _SCHEMA_CACHE.get(key) if key is not None else None
     if found is None:
-        found = tuple(lint_strict_schema(schema, name=name, target=target,
-                                         path_prefix="response_format.json_schema.schema"))
-        if len(_SCHEMA_CACHE) >= _SCHEMA_CACHE_SIZE:
-            _SCHEMA_CACHE.pop(next(iter(_SCHEMA_CACHE)))
-        _SCHEMA_CACHE[key] = found
+        if api == "responses":
+            found = tuple(
+                replace(f, code="invalid_json_schema")
+                for f in lint_strict_schema(schema, name=name, target=target, path_prefix="text.format.schema",
+                                            param="text.format.schema")
+            )
+        else:
+            found = tuple(lint_strict_schema(schema, name=name, target=target,
+                                             path_prefix="response_format.json_schema.schema"))
+        if key is not None:
+            if len(_SCHEMA_CACHE) >= _SCHEMA_CACHE_SIZE:
+                _SCHEMA_CACHE.pop(next(iter(_SCHEMA_CACHE)))
+            _SCHEMA_CACHE[key] = found
     return found
 
 
@@ -366,7 +407,7 @@ def _lint_response_format(req: _Req, rf: Any, messages: Any, target: Target) -> 
         return
     schema = js["schema"]
     if strict is True:
-        req.findings.extend(_response_schema_findings(schema, str(name), target))
+        req.findings.extend(_schema_findings(schema, str(name), target))
     else:
         if not isinstance(schema, dict):
             req.type_error([*jparts, "schema"], "an object", schema)
@@ -413,8 +454,259 @@ def _lint_tools(req: _Req, tools: Any, target: Target) -> None:
             )
 
 
-def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
-    """Check one Chat Completions request body the way the model endpoint would (HTTP 400s).
+def _lint_input(req: _Req, value: Any) -> None:
+    """The Responses ``input``: a string, or a list of items (messages with role and content)."""
+    if isinstance(value, str):
+        if not value:
+            req.add(
+                "empty_string", "responses.input_empty", ["input"],
+                "Invalid 'input': empty string. Expected a string with minimum length 1, but got an "
+                "empty string instead.",
+                "Give the prompt as input (a string, or a list of role/content messages).",
+            )
+        return
+    if not isinstance(value, list):
+        req.type_error(["input"], "a string or an array of input items", value)
+        return
+    if not value:
+        req.add(
+            "empty_array", "responses.input_empty", ["input"],
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got an "
+            "empty array instead.",
+            "Give at least one input item, e.g. [{\"role\": \"user\", \"content\": \"...\"}].",
+        )
+        return
+    for i, item in enumerate(value):
+        parts: list[str | int] = ["input", i]
+        if not isinstance(item, dict):
+            req.type_error(parts, "an object", item)
+            continue
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind != "message":
+            if not isinstance(kind, str):
+                req.missing([*parts, "type"], "Give each input item a role and content (a message) or a 'type'.")
+            continue
+        role = item.get("role")
+        if role not in _INPUT_ROLES:
+            if "role" not in item:
+                req.missing([*parts, "role"], "Give every message a role such as 'system' or 'user'.")
+            else:
+                shown = f"'{role}'" if isinstance(role, str) else json.dumps(role)
+                req.add(
+                    "invalid_value", "responses.input_role", [*parts, "role"],
+                    f"Invalid value: {shown}. Supported values are: 'user', 'assistant', 'system', and 'developer'.",
+                    "Use one of the supported roles.",
+                )
+            continue
+        content = item.get("content")
+        if "content" not in item:
+            req.missing([*parts, "content"], "Give the message a 'content' string.")
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    req.add(
+                        "invalid_type", "responses.content_part", [*parts, "content", j],
+                        f"Invalid type for '{render_path('', [*parts, 'content', j])}': expected an "
+                        f"object with a 'type', but got {_kind(part)} instead.",
+                        "Give content parts as {\"type\": \"input_text\", \"text\": \"...\"}.",
+                    )
+        elif not isinstance(content, str):
+            req.type_error([*parts, "content"], "a string or an array of content parts", content)
+
+
+def _text_of_input(body: Mapping[str, Any]) -> str:
+    value = body.get("input")
+    out = [body["instructions"]] if isinstance(body.get("instructions"), str) else []
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                c = item.get("content")
+                if isinstance(c, str):
+                    out.append(c)
+                elif isinstance(c, list):
+                    out.extend(p.get("text", "") for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(out)
+
+
+def _lint_text_format(req: _Req, text: Any, body: Mapping[str, Any], target: Target) -> None:
+    """``text`` of a Responses body; ``text.format`` holds the Structured Outputs schema."""
+    if not isinstance(text, dict):
+        req.type_error(["text"], "an object", text)
+        return
+    for key in text:
+        if key not in ("format", "verbosity"):
+            req.add(
+                "unknown_parameter", "request.unknown_parameter", ["text", key],
+                f"Unknown parameter: 'text.{key}'.",
+                f"Remove '{key}'; text takes format and verbosity.",
+            )
+    if text.get("verbosity") is not None and text["verbosity"] not in ("low", "medium", "high"):
+        req.add(
+            "invalid_value", "responses.verbosity", ["text", "verbosity"],
+            f"Invalid value: {json.dumps(text['verbosity'])}. Supported values are: 'low', 'medium', and 'high'.",
+            "Use low, medium or high (or leave verbosity out).",
+        )
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    parts: list[str | int] = ["text", "format"]
+    if not isinstance(fmt, dict):
+        req.type_error(parts, "an object", fmt)
+        return
+    if "type" not in fmt:
+        req.missing([*parts, "type"], "Set text.format.type to 'json_schema'.")
+        return
+    ftype = fmt["type"]
+    if ftype not in _RF_TYPES:
+        shown = f"'{ftype}'" if isinstance(ftype, str) else json.dumps(ftype)
+        req.add(
+            "invalid_value", "responses.format_type", [*parts, "type"],
+            f"Invalid value: {shown}. Supported values are: 'text', 'json_schema', and 'json_object'.",
+            "Use {\"type\": \"json_schema\", \"name\", \"schema\", \"strict\": true} in text.format "
+            "(no json_schema wrapper in the Responses API).",
+        )
+        return
+    if ftype == "json_object":
+        if "json" not in _text_of_input(body).lower():
+            req.add(
+                "invalid_value", "responses.json_object_word", ["input"],
+                "Response input messages must contain the word 'json' in some form to use 'text.format' "
+                "of type 'json_object'.",
+                "Mention JSON in the instructions or input, or use a strict json_schema.",
+                param="input",
+            )
+        return
+    if ftype != "json_schema":
+        return
+    for key in fmt:
+        if key not in ("type", "name", "schema", "strict", "description"):
+            fix = ("The Responses API takes name, schema and strict directly in text.format: move them "
+                   "out of 'json_schema'." if key == "json_schema"
+                   else f"Remove '{key}'; text.format takes type, name, description, schema and strict.")
+            req.add(
+                "unknown_parameter", "request.unknown_parameter", [*parts, key],
+                f"Unknown parameter: 'text.format.{key}'.", fix,
+            )
+    if "json_schema" in fmt and "schema" not in fmt:
+        return  # a chat-style wrapper: the finding above says what to move
+    name = fmt.get("name")
+    if "name" not in fmt:
+        req.missing([*parts, "name"], "Name the schema, e.g. \"name\": \"building_info\".")
+        name = "schema"
+    elif not isinstance(name, str):
+        req.type_error([*parts, "name"], "a string", name)
+        name = "schema"
+    elif len(name) > 64 or not name or any(ch not in _NAME_CHARS for ch in name):
+        req.add(
+            "invalid_value", "request.schema_name", [*parts, "name"],
+            "Invalid 'text.format.name': string does not match pattern. Expected a string that matches "
+            "the pattern '^[a-zA-Z0-9_-]{1,64}$'.",
+            "Use only a-z, A-Z, 0-9, _ and - in the schema name (1-64 characters).",
+        )
+    if "description" in fmt and not isinstance(fmt["description"], str):
+        req.type_error([*parts, "description"], "a string", fmt["description"])
+    strict = fmt.get("strict", False)
+    if "strict" in fmt and not isinstance(strict, bool) and strict is not None:
+        req.type_error([*parts, "strict"], "a boolean", strict)
+        strict = False
+    if "schema" not in fmt:
+        req.missing([*parts, "schema"], "Put the JSON Schema in text.format.schema.")
+        return
+    schema = fmt["schema"]
+    if strict is True:
+        req.findings.extend(_schema_findings(schema, str(name), target, "responses"))
+    else:
+        if not isinstance(schema, dict):
+            req.type_error([*parts, "schema"], "an object", schema)
+        req.add(
+            "strict_not_true", "request.strict_not_true", [*parts, "strict"],
+            "text.format.strict is not true: the schema is only guidance and answers may not match it.",
+            "Set \"strict\": true (and make the schema strict with to_strict_schema).",
+            severity="warning",
+        )
+
+
+def _lint_response_tools(req: _Req, tools: Any, target: Target) -> None:
+    """Responses tools: function tools are flat ``{type, name, parameters, strict}``."""
+    if not isinstance(tools, list):
+        req.type_error(["tools"], "an array", tools)
+        return
+    for i, tool in enumerate(tools):
+        parts: list[str | int] = ["tools", i]
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            req.add(
+                "invalid_type", "responses.tool_type", parts,
+                f"Invalid type for 'tools[{i}]': expected an object with a 'type', but got {_kind(tool)} instead.",
+                "Give each tool as {\"type\": \"function\", \"name\", \"parameters\", \"strict\": true}.",
+            )
+            continue
+        if tool["type"] != "function":
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            req.missing([*parts, "name"], "Name the function (Responses tools are flat: no 'function' wrapper).")
+            name = "function"
+        if tool.get("strict", True) is True and isinstance(tool.get("parameters"), dict):
+            prefix = render_path("", [*parts, "parameters"])
+            req.findings.extend(
+                lint_strict_schema(tool["parameters"], name=name, target=target, path_prefix=prefix,
+                                   param=prefix, subject="function")
+            )
+
+
+def _lint_responses_body(req: _Req, body: dict[str, Any], target: Target) -> None:
+    for key in body:
+        if key in RESPONSES_MOVED:
+            new = RESPONSES_MOVED[key]
+            req.add(
+                "unsupported_parameter", "responses.moved_parameter", [key],
+                f"Unsupported parameter: '{key}'. In the Responses API, this parameter has moved to '{new}'.",
+                f"Use '{new}' instead of '{key}' (build_requests(..., api=\"responses\") writes Responses bodies).",
+                param=key,
+            )
+        elif key not in RESPONSES_BODY_KEYS:
+            req.add(
+                "unknown_parameter", "request.unknown_parameter", [key],
+                f"Unknown parameter: '{key}'.",
+                f"Remove '{key}' (the Responses API does not take it; check the spelling).",
+                param=key,
+            )
+    if "input" in body and body["input"] is not None:
+        _lint_input(req, body["input"])
+    elif "messages" not in body and not any(body.get(k) for k in ("prompt", "previous_response_id", "conversation")):
+        req.missing(["input"], "Add input: the prompt as a string or [{\"role\": \"user\", \"content\": \"...\"}].")
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        req.type_error(["instructions"], "a string", body["instructions"])
+    if body.get("text") is not None:
+        _lint_text_format(req, body["text"], body, target)
+    if body.get("tools") is not None:
+        _lint_response_tools(req, body["tools"], target)
+    if body.get("max_output_tokens") is not None:
+        req.range_check(["max_output_tokens"], body["max_output_tokens"], lo=16, hi=None, integer=True)
+    if body.get("top_logprobs") is not None:
+        req.range_check(["top_logprobs"], body["top_logprobs"], lo=0, hi=20, integer=True)
+    _lint_sampling(req, body)
+    if body.get("stream") is True:
+        req.add(
+            "invalid_value", "request.stream", ["stream"],
+            "Invalid value for 'stream': streaming is not supported in batch requests.",
+            "Remove 'stream' from batch lines.",
+        )
+
+
+def _lint_sampling(req: _Req, body: Mapping[str, Any]) -> None:
+    if body.get("temperature") is not None:
+        req.range_check(["temperature"], body["temperature"], lo=0, hi=2, integer=False)
+    if body.get("top_p") is not None:
+        req.range_check(["top_p"], body["top_p"], lo=0, hi=1, integer=False)
+
+
+def lint_request_body(body: Any, *, target: Target = "openai", api: str = "chat") -> list[Finding]:
+    """Check one request body the way the model endpoint would (its HTTP 400s).
+
+    ``api="responses"`` checks a Responses API body instead (see below).
 
     Checks: unknown top-level parameters (allow-list `CHAT_BODY_KEYS`), ``messages`` present
     and well-formed, ``response_format`` shape (type values, ``json_schema.name`` pattern
@@ -426,9 +718,18 @@ def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
     ``model`` is a batch-level matter (`lint_batch_file`); the context length is left to the
     service (it knows the model).
 
+    Responses bodies (``api="responses"``): unknown top-level parameters (allow-list
+    `RESPONSES_BODY_KEYS`), Chat Completions names the Responses API moved (``response_format``,
+    ``messages``, ``max_tokens``: ``unsupported_parameter`` saying where it moved), ``input`` (a
+    string or a list of role/content messages or typed items), ``text.format`` (type, ``name``
+    pattern, schema present; with ``strict`` true every strict-schema rule, as findings with code
+    ``invalid_json_schema`` and param ``text.format.schema``), flat function tools,
+    ``max_output_tokens`` >= 16, ``temperature``, ``top_p``, ``top_logprobs``, ``stream``.
+
     Args:
         body: the parsed request body (any JSON value; a non-object gets a finding).
         target: ``"openai"`` or ``"azure"`` (selects the strict-schema rule set).
+        api: ``"chat"`` (Chat Completions, the default) or ``"responses"``.
 
     Returns:
         Request-scope findings with paths relative to the body; ``[]`` when it is fine.
@@ -442,6 +743,11 @@ def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
             param="body",
         )
         return req.findings
+    if api == "responses":
+        _lint_responses_body(req, body, target)
+        return req.findings
+    if api != "chat":
+        raise ValueError(f"unknown api {api!r}: use 'chat' or 'responses'")
     for key in body:
         if key not in CHAT_BODY_KEYS:
             req.add(
@@ -467,10 +773,7 @@ def lint_request_body(body: Any, *, target: Target = "openai") -> list[Finding]:
             "max_tokens and max_completion_tokens cannot both be set.",
             "Keep one of them (max_completion_tokens for newer models).",
         )
-    if body.get("temperature") is not None:
-        req.range_check(["temperature"], body["temperature"], lo=0, hi=2, integer=False)
-    if body.get("top_p") is not None:
-        req.range_check(["top_p"], body["top_p"], lo=0, hi=1, integer=False)
+    _lint_sampling(req, body)
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key) is not None:
             req.range_check([key], body[key], lo=-2, hi=2, integer=False)
@@ -599,6 +902,371 @@ def _norm_url(url: str, target: str) -> str:
     return url[3:] if url.startswith("/v1/") else url
 
 
+class BatchFileLinter:
+    """The batch-file lint as a state machine fed one line at a time (what `lint_batch_file` runs).
+
+    `feed` takes a physical line as bytes (as read from the file); `feed_object` takes a line
+    that is already a Python object, with the byte size its serialised form will have (what
+    `batchkit.authoring.write_jsonl` does: it lints the objects it serialises, never parsing its
+    own output back); `close` gives the file-level findings. Every method returns the findings of
+    that step, in order. Memory: an 8-byte digest and a line number per ``custom_id``.
+
+    Args: as `lint_batch_file`.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: Target = "openai",
+        deployments: Mapping[str, str] | None = None,
+        endpoint: str | None = None,
+        max_lines: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        if target not in FILE_LIMITS:
+            raise ValueError(f"unknown target {target!r}: use 'azure' or 'openai'")
+        limit_lines, limit_bytes = FILE_LIMITS[target]
+        self.target: Target = target
+        self.deployments = deployments
+        self.endpoint = endpoint
+        self.limit_lines = max_lines if max_lines is not None else limit_lines
+        self.limit_bytes = max_bytes if max_bytes is not None else limit_bytes
+        self.want_url = _norm_url(endpoint, target) if endpoint else None
+        self.first_url: str | None = None
+        self.first_url_line = 0
+        self.first_model: str | None = None
+        self.first_model_line = 0
+        self.seen: dict[bytes, int] = {}
+        self.requests = 0
+        self.total_bytes = 0
+        self.too_big = self.too_many = False
+        self.line_no = 0
+        # the last url / model that passed every check: later lines naming the same string skip them
+        self._url_ok: tuple[str, str] | None = None
+        self._model_ok: str | None = None
+
+    def _batch(self, code: str, rule: str, path: str, message: str, fix: str, *, cid: str | None = None,
+               severity: str = "error") -> Finding:
+        return Finding(self.line_no, code, path, message, severity, "batch", cid, path or None, fix, rule)  # type: ignore[arg-type]
+
+    def _count(self, size: int) -> list[Finding]:
+        out: list[Finding] = []
+        self.total_bytes += size
+        if self.total_bytes > self.limit_bytes and not self.too_big:
+            self.too_big = True
+            out.append(self._batch(
+                "file_too_large", "batch.too_many_bytes", "",
+                f"File is too large: the batch file exceeds {self.limit_bytes:,} bytes at this line.",
+                f"Split the file into parts of at most {self.limit_bytes:,} bytes.",
+            ))
+        return out
+
+    def _count_request(self, out: list[Finding]) -> None:
+        self.requests += 1
+        if self.requests > self.limit_lines and not self.too_many:
+            self.too_many = True
+            out.append(self._batch(
+                "too_many_tasks", "batch.too_many_tasks", "",
+                f"The input file contains more than {self.limit_lines:,} requests; this is line "
+                f"{self.line_no}.",
+                f"Split the file into files of at most {self.limit_lines:,} requests.",
+            ))
+
+    def feed(self, raw: bytes) -> list[Finding]:
+        """Lint the next physical line of the file (bytes, with or without its line ending)."""
+        self.line_no += 1
+        out = self._count(len(raw))
+        if self.line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+            if self.target == "azure":
+                out.append(self._batch(
+                    "invalid_request", "batch.bom", "",
+                    _AZURE_MODEL_MESSAGE,
+                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without "
+                    "BOM (open(..., 'w', encoding='utf-8'), not 'utf-8-sig').",
+                ))
+            else:
+                out.append(self._batch(
+                    "invalid_json_line", "batch.bom", "",
+                    "This line is not parseable as valid JSON.",
+                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without BOM.",
+                ))
+        stripped = raw.strip()
+        if not stripped:
+            # The final newline never produces a line of its own; any other blank line does.
+            out.append(self._batch(
+                "blank_line", "batch.blank_line", "",
+                "Blank line: skipped, not a request.",
+                "Remove empty lines from the file.",
+                severity="warning",
+            ))
+            return out
+        self._count_request(out)
+        try:
+            obj = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            # orjson is stricter than the JSON grammar needs in two places (a lone surrogate
+            # escape, a number beyond float range): the standard parser decides those lines.
+            obj = _parse_slowly(stripped)
+            if obj is _INVALID:
+                out.append(self._batch(
+                    "invalid_json_line", "batch.invalid_json", "",
+                    "This line is not parseable as valid JSON.",
+                    "Write each request as one JSON object on one line (json.dumps without indent), "
+                    "UTF-8 encoded.",
+                ))
+                return out
+            if obj is _SURROGATE:
+                out.append(self._surrogate())
+                return out
+        self._check(obj, out)
+        return out
+
+    def feed_object(self, obj: Any, size: int) -> list[Finding]:
+        """Lint the next line given as an object whose serialised line takes ``size`` bytes."""
+        self.line_no += 1
+        out = self._count(size)
+        self._count_request(out)
+        self._check(obj, out)
+        return out
+
+    def unencodable(self) -> list[Finding]:
+        """The next line could not be serialised as UTF-8 JSON (a lone surrogate in a string)."""
+        self.line_no += 1
+        out: list[Finding] = []
+        self._count_request(out)
+        out.append(self._surrogate())
+        return out
+
+    def _surrogate(self) -> Finding:
+        return self._batch(
+            "invalid_json_line", "batch.unpaired_surrogate", "",
+            "This line is not parseable as valid JSON: it holds an unpaired UTF-16 surrogate "
+            "escape (\\ud800-\\udfff), which is not a Unicode character.",
+            "Fix the text that produced the escape (often a string cut in the middle of an emoji); "
+            "a surrogate escape is only valid as a high+low pair.",
+        )
+
+    def close(self) -> list[Finding]:
+        """The file-level findings once every line was fed (``empty_file``)."""
+        if self.requests == 0:
+            return [Finding(
+                None, "empty_file", "", "The input file is empty. Please ensure that the batch "
+                "contains at least one request.", "error", "batch", None, None,
+                "Write at least one request line.", "batch.empty_file",
+            )]
+        return []
+
+    def _check(self, obj: Any, out: list[Finding]) -> None:
+        batch = self._batch
+        if type(obj) is not dict:
+            out.append(batch(
+                "invalid_request", "batch.line_not_object", "",
+                f"The line must be a JSON object with custom_id, method, url and body; got {_kind(obj)}.",
+                "Write one {\"custom_id\", \"method\", \"url\", \"body\"} object per line.",
+            ))
+            return
+        cid_val = obj.get("custom_id")
+        cid = cid_val if isinstance(cid_val, str) else None
+        if obj.keys() != _LINE_KEY_SET:
+            for key in _LINE_KEYS:
+                if key not in obj:
+                    out.append(batch(
+                        "invalid_request", "batch.missing_key", key,
+                        f"Missing required key '{key}' on this line.",
+                        "Every line needs custom_id, method, url and body.",
+                        cid=cid,
+                    ))
+            for key in obj:
+                if key not in _LINE_KEY_SET:
+                    out.append(batch(
+                        "invalid_request", "batch.extra_key", render_path("", [key]),
+                        f"Unexpected key '{key}' on this line; only custom_id, method, url and body are allowed.",
+                        f"Remove '{key}' (request options go inside body).",
+                        cid=cid,
+                    ))
+        if "custom_id" in obj:
+            if not isinstance(cid_val, str) or not cid_val:
+                out.append(batch(
+                    "invalid_request", "batch.custom_id_type", "custom_id",
+                    f"custom_id must be a non-empty string, got {_kind(cid_val) if cid_val != '' else 'an empty string'}.",
+                    "Use a unique string per line, e.g. \"task-0\".",
+                ))
+            else:
+                digest = _blake2b(cid_val.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                first = self.seen.setdefault(digest, self.line_no)
+                if first != self.line_no:
+                    out.append(batch(
+                        "duplicate_custom_id", "batch.duplicate_custom_id", "custom_id",
+                        f"The custom_id '{cid_val}' is used more than once (first on line "
+                        f"{first}); custom_id must be unique within a batch.",
+                        "Give every line its own custom_id.",
+                        cid=cid,
+                    ))
+        if "method" in obj and obj["method"] != "POST":
+            out.append(batch(
+                "invalid_request", "batch.method_not_post", "method",
+                f"Invalid method {json.dumps(obj['method'])}: only 'POST' is supported.",
+                "Set \"method\": \"POST\".",
+                cid=cid,
+            ))
+        url = obj.get("url")
+        check_body = True
+        body_api = "chat"
+        if "url" in obj:
+            if self._url_ok is not None and url == self._url_ok[0]:
+                body_api = self._url_ok[1]
+            elif not isinstance(url, str):
+                out.append(batch(
+                    "invalid_request", "batch.url_type", "url",
+                    f"url must be a string, got {_kind(url)}.",
+                    "Set \"url\" to the batch endpoint, e.g. \"/chat/completions\".",
+                    cid=cid,
+                ))
+                check_body = False
+            else:
+                check_body, body_api = self._check_url(url, cid, out)
+        if "body" not in obj:
+            return
+        body = obj["body"]
+        if type(body) is not dict:
+            out.append(batch(
+                "invalid_request", "batch.body_not_object", "body",
+                f"body must be a JSON object, got {_kind(body)}.",
+                "Put the request (model, messages, ...) in an object under \"body\".",
+                cid=cid,
+            ))
+            return
+        model = body.get("model")
+        if model is None or model != self._model_ok:
+            self._check_model(model, cid, out)
+        if check_body:
+            line_no = self.line_no
+            for f in lint_request_body(body, target=self.target, api=body_api):
+                out.append(replace(
+                    f,
+                    line=line_no,
+                    custom_id=cid,
+                    path="body." + f.path if f.path else "body",
+                ))
+
+    def _check_url(self, url: str, cid: str | None, out: list[Finding]) -> tuple[bool, str]:
+        batch = self._batch
+        target = self.target
+        norm = _norm_url(url, target)
+        check_body = norm in _CHAT_URLS or norm == "/responses"
+        body_api = "responses" if norm == "/responses" else "chat"
+        found = len(out)
+        if self.want_url is not None and norm != self.want_url:
+            out.append(batch(
+                "url_mismatch", "batch.url_not_endpoint", "url",
+                f"The url '{url}' does not match the batch endpoint '{self.endpoint}'.",
+                f"Use \"url\": \"{self.endpoint}\" on every line.",
+                cid=cid,
+            ))
+        elif self.want_url is None and norm not in {_norm_url(u, target) for u in BATCH_URLS[target]}:
+            known = ", ".join(sorted(BATCH_URLS[target]))
+            out.append(batch(
+                "url_mismatch", "batch.url_unknown", "url",
+                f"The url '{url}' is not a batch endpoint of {target}; expected one of {known}.",
+                "Use the chat completions endpoint ('/chat/completions' on Azure, "
+                "'/v1/chat/completions' on OpenAI) or the Responses endpoint '/v1/responses'.",
+                cid=cid,
+            ))
+        elif self.first_url is None:
+            self.first_url, self.first_url_line = norm, self.line_no
+            if target == "openai" and not url.startswith("/v1/"):
+                out.append(batch(
+                    "url_form", "batch.url_form", "url",
+                    f"The url '{url}' lacks the '/v1' prefix of OpenAI's documented form "
+                    f"'/v1{url}'.",
+                    f"Use \"url\": \"/v1{url}\" for OpenAI (Azure accepts both forms).",
+                    cid=cid, severity="warning",
+                ))
+            elif len(out) == found:
+                self._url_ok = (url, body_api)
+        elif norm != self.first_url:
+            out.append(batch(
+                "url_mismatch", "batch.url_not_same", "url",
+                f"The url '{url}' differs from the url '{self.first_url}' of line {self.first_url_line}; "
+                "all lines must use the same url.",
+                "Use one url on every line (split different endpoints into separate batches).",
+                cid=cid,
+            ))
+        elif self._url_ok is None:
+            self._url_ok = (url, body_api)
+        if any(f.code == "url_mismatch" for f in out[found:]):
+            check_body = False  # which API the body is for is unclear; the batch fails anyway
+        return check_body, body_api
+
+    def _check_model(self, model: Any, cid: str | None, out: list[Finding]) -> None:
+        batch = self._batch
+        target = self.target
+        if not isinstance(model, str) or not model:
+            if target == "azure":
+                msg = _AZURE_MODEL_MESSAGE
+            else:
+                msg = "Missing or invalid 'model' in body: every line must name the same model."
+            out.append(batch(
+                "invalid_request", "batch.model_missing", "body.model",
+                msg,
+                "Set body.model to the batch deployment name (Azure) or model name (OpenAI), the "
+                "same on every line.",
+                cid=cid,
+            ))
+            return
+        found = len(out)
+        if self.first_model is None:
+            self.first_model, self.first_model_line = model, self.line_no
+        elif model != self.first_model:
+            out.append(batch(
+                "model_mismatch", "batch.model_mismatch", "body.model",
+                f"This line targets '{model}', but line {self.first_model_line} targets "
+                f"'{self.first_model}'; every line of a batch must use the same "
+                + ("deployment." if target == "azure" else "model."),
+                "Use one deployment per file (split the file by model).",
+                cid=cid,
+            ))
+        if self.deployments is not None:
+            kind = self.deployments.get(model)
+            if kind is None:
+                out.append(batch(
+                    "model_not_found", "batch.model_not_found", "body.model",
+                    f"The {'deployment' if target == 'azure' else 'model'} '{model}' named in "
+                    "'model' was not found.",
+                    "Use an existing deployment name: " + ", ".join(sorted(self.deployments))[:200] + ".",
+                    cid=cid,
+                ))
+            elif target == "azure" and kind != "globalbatch":
+                out.append(batch(
+                    "invalid_request", "batch.deployment_kind", "body.model",
+                    f"The deployment '{model}' is of type '{kind}'; batch requests need a "
+                    "Global Batch (globalbatch) deployment.",
+                    "Create a Global Batch deployment of the model and name it in body.model.",
+                    cid=cid,
+                ))
+        if len(out) == found and model == self.first_model:
+            self._model_ok = model
+
+
+_INVALID = object()
+_SURROGATE = object()
+_LINE_KEY_SET = frozenset(_LINE_KEYS)
+_blake2b = hashlib.blake2b
+
+
+def _parse_slowly(stripped: bytes) -> Any:
+    """The standard library's verdict on a line orjson refused: the object, `_INVALID`, or
+    `_SURROGATE` (JSON text holding an unpaired surrogate escape)."""
+    try:
+        obj = json.loads(stripped.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _INVALID
+    if _SURROGATE_ESCAPE.search(stripped) and not _is_unicode_text(obj):
+        return _SURROGATE
+    return obj
+
+
 def lint_batch_file(
     source: Any,
     *,
@@ -616,9 +1284,11 @@ def lint_batch_file(
         deployments: deployment (Azure) or model (OpenAI) name -> kind (``"globalbatch"`` or
             ``"standard"``). None skips ``model_not_found`` and, on Azure, the Global Batch
             kind check (``invalid_request``).
-        endpoint: the batch's ``endpoint`` (e.g. ``/chat/completions``); every ``url`` must
-            name it (on Azure ``/v1/chat/completions`` and ``/chat/completions`` are the same).
-            None: the first line's url, which must be a batch endpoint of the target.
+        endpoint: the batch's ``endpoint`` (e.g. ``/chat/completions`` or ``/v1/responses``);
+            every ``url`` must name it (the ``/v1`` prefix is optional on Azure). Lines whose
+            url is a Responses endpoint get the Responses body rules (`lint_request_body` with
+            ``api="responses"``). None: the first line's url, which must be a batch endpoint of
+            the target.
         max_lines, max_bytes: override the target's limits (100,000 / 200 MB on Azure,
             50,000 / 200 MB on OpenAI).
 
@@ -627,257 +1297,14 @@ def lint_batch_file(
         ``empty_file``). Batch-scope findings fail the batch; request-scope findings (from
         `lint_request_body`, paths prefixed ``body.``) give that line a 400 in the error file.
     """
-    if target not in FILE_LIMITS:
-        raise ValueError(f"unknown target {target!r}: use 'azure' or 'openai'")
-    limit_lines, limit_bytes = FILE_LIMITS[target]
-    limit_lines = max_lines if max_lines is not None else limit_lines
-    limit_bytes = max_bytes if max_bytes is not None else limit_bytes
-    want_url = _norm_url(endpoint, target) if endpoint else None
-    first_url: str | None = None
-    first_url_line = 0
-    first_model: str | None = None
-    first_model_line = 0
-    seen: dict[bytes, int] = {}
-    requests = 0
-    total_bytes = 0
-    too_big = too_many = False
-    line_no = 0
-
-    def batch(code: str, rule: str, path: str, message: str, fix: str, *, cid: str | None = None,
-              severity: str = "error") -> Finding:
-        return Finding(line_no, code, path, message, severity, "batch", cid, path or None, fix, rule)  # type: ignore[arg-type]
-
+    linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint,
+                             max_lines=max_lines, max_bytes=max_bytes)
+    feed = linter.feed
     for raw in _iter_lines(source):
-        line_no += 1
-        total_bytes += len(raw)
-        if total_bytes > limit_bytes and not too_big:
-            too_big = True
-            yield batch(
-                "file_too_large", "batch.too_many_bytes", "",
-                f"File is too large: the batch file exceeds {limit_bytes:,} bytes at this line.",
-                f"Split the file into parts of at most {limit_bytes:,} bytes.",
-            )
-        if line_no == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM):]
-            if target == "azure":
-                yield batch(
-                    "invalid_request", "batch.bom", "",
-                    _AZURE_MODEL_MESSAGE,
-                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without "
-                    "BOM (open(..., 'w', encoding='utf-8'), not 'utf-8-sig').",
-                )
-            else:
-                yield batch(
-                    "invalid_json_line", "batch.bom", "",
-                    "This line is not parseable as valid JSON.",
-                    "The file starts with a UTF-8 byte order mark (BOM): save it as UTF-8 without BOM.",
-                )
-        stripped = raw.strip()
-        if not stripped:
-            # The final newline never produces a line of its own; any other blank line does.
-            yield batch(
-                "blank_line", "batch.blank_line", "",
-                "Blank line: skipped, not a request.",
-                "Remove empty lines from the file.",
-                severity="warning",
-            )
-            continue
-        requests += 1
-        if requests > limit_lines and not too_many:
-            too_many = True
-            yield batch(
-                "too_many_tasks", "batch.too_many_tasks", "",
-                f"The input file contains more than {limit_lines:,} requests; this is line "
-                f"{line_no}.",
-                f"Split the file into files of at most {limit_lines:,} requests.",
-            )
-        try:
-            text = stripped.decode("utf-8")
-            obj = json.loads(text, parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            yield batch(
-                "invalid_json_line", "batch.invalid_json", "",
-                "This line is not parseable as valid JSON.",
-                "Write each request as one JSON object on one line (json.dumps without indent), "
-                "UTF-8 encoded.",
-            )
-            continue
-        if _SURROGATE_ESCAPE.search(stripped) and not _is_unicode_text(obj):
-            yield batch(
-                "invalid_json_line", "batch.unpaired_surrogate", "",
-                "This line is not parseable as valid JSON: it holds an unpaired UTF-16 surrogate "
-                "escape (\\ud800-\\udfff), which is not a Unicode character.",
-                "Fix the text that produced the escape (often a string cut in the middle of an emoji); "
-                "a surrogate escape is only valid as a high+low pair.",
-            )
-            continue
-        if not isinstance(obj, dict):
-            yield batch(
-                "invalid_request", "batch.line_not_object", "",
-                f"The line must be a JSON object with custom_id, method, url and body; got {_kind(obj)}.",
-                "Write one {\"custom_id\", \"method\", \"url\", \"body\"} object per line.",
-            )
-            continue
-        cid_val = obj.get("custom_id")
-        cid = cid_val if isinstance(cid_val, str) else None
-        for key in _LINE_KEYS:
-            if key not in obj:
-                yield batch(
-                    "invalid_request", "batch.missing_key", key,
-                    f"Missing required key '{key}' on this line.",
-                    "Every line needs custom_id, method, url and body.",
-                    cid=cid,
-                )
-        for key in obj:
-            if key not in _LINE_KEYS:
-                yield batch(
-                    "invalid_request", "batch.extra_key", render_path("", [key]),
-                    f"Unexpected key '{key}' on this line; only custom_id, method, url and body are allowed.",
-                    f"Remove '{key}' (request options go inside body).",
-                    cid=cid,
-                )
-        if "custom_id" in obj:
-            if not isinstance(cid_val, str) or not cid_val:
-                yield batch(
-                    "invalid_request", "batch.custom_id_type", "custom_id",
-                    f"custom_id must be a non-empty string, got {_kind(cid_val) if cid_val != '' else 'an empty string'}.",
-                    "Use a unique string per line, e.g. \"task-0\".",
-                )
-            else:
-                digest = hashlib.blake2b(cid_val.encode("utf-8"), digest_size=8).digest()
-                if digest in seen:
-                    yield batch(
-                        "duplicate_custom_id", "batch.duplicate_custom_id", "custom_id",
-                        f"The custom_id '{cid_val}' is used more than once (first on line "
-                        f"{seen[digest]}); custom_id must be unique within a batch.",
-                        "Give every line its own custom_id.",
-                        cid=cid,
-                    )
-                else:
-                    seen[digest] = line_no
-        if "method" in obj and obj["method"] != "POST":
-            yield batch(
-                "invalid_request", "batch.method_not_post", "method",
-                f"Invalid method {json.dumps(obj['method'])}: only 'POST' is supported.",
-                "Set \"method\": \"POST\".",
-                cid=cid,
-            )
-        url = obj.get("url")
-        check_body = True
-        if "url" in obj:
-            if not isinstance(url, str):
-                yield batch(
-                    "invalid_request", "batch.url_type", "url",
-                    f"url must be a string, got {_kind(url)}.",
-                    "Set \"url\" to the batch endpoint, e.g. \"/chat/completions\".",
-                    cid=cid,
-                )
-                check_body = False
-            else:
-                norm = _norm_url(url, target)
-                check_body = norm in _CHAT_URLS
-                if want_url is not None and norm != want_url:
-                    yield batch(
-                        "url_mismatch", "batch.url_not_endpoint", "url",
-                        f"The url '{url}' does not match the batch endpoint '{endpoint}'.",
-                        f"Use \"url\": \"{endpoint}\" on every line.",
-                        cid=cid,
-                    )
-                elif want_url is None and norm not in {_norm_url(u, target) for u in BATCH_URLS[target]}:
-                    known = ", ".join(sorted(BATCH_URLS[target]))
-                    yield batch(
-                        "url_mismatch", "batch.url_unknown", "url",
-                        f"The url '{url}' is not a batch endpoint of {target}; expected one of {known}.",
-                        "Use the chat completions endpoint: '/chat/completions' (Azure) or "
-                        "'/v1/chat/completions' (OpenAI).",
-                        cid=cid,
-                    )
-                elif first_url is None:
-                    first_url, first_url_line = norm, line_no
-                    if target == "openai" and not url.startswith("/v1/"):
-                        yield batch(
-                            "url_form", "batch.url_form", "url",
-                            f"The url '{url}' lacks the '/v1' prefix of OpenAI's documented form "
-                            f"'/v1{url}'.",
-                            f"Use \"url\": \"/v1{url}\" for OpenAI (Azure accepts both forms).",
-                            cid=cid, severity="warning",
-                        )
-                elif norm != first_url:
-                    yield batch(
-                        "url_mismatch", "batch.url_not_same", "url",
-                        f"The url '{url}' differs from the url '{first_url}' of line {first_url_line}; "
-                        "all lines must use the same url.",
-                        "Use one url on every line (split different endpoints into separate batches).",
-                        cid=cid,
-                    )
-        body = obj.get("body")
-        if "body" not in obj:
-            continue
-        if not isinstance(body, dict):
-            yield batch(
-                "invalid_request", "batch.body_not_object", "body",
-                f"body must be a JSON object, got {_kind(body)}.",
-                "Put the request (model, messages, ...) in an object under \"body\".",
-                cid=cid,
-            )
-            continue
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            if target == "azure":
-                msg = _AZURE_MODEL_MESSAGE
-            else:
-                msg = "Missing or invalid 'model' in body: every line must name the same model."
-            yield batch(
-                "invalid_request", "batch.model_missing", "body.model",
-                msg,
-                "Set body.model to the batch deployment name (Azure) or model name (OpenAI), the "
-                "same on every line.",
-                cid=cid,
-            )
-        else:
-            if first_model is None:
-                first_model, first_model_line = model, line_no
-            elif model != first_model:
-                yield batch(
-                    "model_mismatch", "batch.model_mismatch", "body.model",
-                    f"This line targets '{model}', but line {first_model_line} targets "
-                    f"'{first_model}'; every line of a batch must use the same "
-                    + ("deployment." if target == "azure" else "model."),
-                    "Use one deployment per file (split the file by model).",
-                    cid=cid,
-                )
-            if deployments is not None:
-                kind = deployments.get(model)
-                if kind is None:
-                    yield batch(
-                        "model_not_found", "batch.model_not_found", "body.model",
-                        f"The {'deployment' if target == 'azure' else 'model'} '{model}' named in "
-                        "'model' was not found.",
-                        "Use an existing deployment name: " + ", ".join(sorted(deployments))[:200] + ".",
-                        cid=cid,
-                    )
-                elif target == "azure" and kind != "globalbatch":
-                    yield batch(
-                        "invalid_request", "batch.deployment_kind", "body.model",
-                        f"The deployment '{model}' is of type '{kind}'; batch requests need a "
-                        "Global Batch (globalbatch) deployment.",
-                        "Create a Global Batch deployment of the model and name it in body.model.",
-                        cid=cid,
-                    )
-        if check_body:
-            for f in lint_request_body(body, target=target):
-                yield replace(
-                    f,
-                    line=line_no,
-                    custom_id=cid,
-                    path="body." + f.path if f.path else "body",
-                )
-    if requests == 0:
-        yield Finding(
-            None, "empty_file", "", "The input file is empty. Please ensure that the batch "
-            "contains at least one request.", "error", "batch", None, None,
-            "Write at least one request line.", "batch.empty_file",
-        )
+        found = feed(raw)
+        if found:
+            yield from found
+    yield from linter.close()
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:
@@ -896,6 +1323,116 @@ def findings_to_frame(findings: Iterable[Finding]) -> Any:
     frame = pd.DataFrame(rows, columns=cols)
     frame["line"] = frame["line"].astype("Int64")
     return frame
+
+
+def findings_by_rule(findings: Iterable[Finding], *, max_lines: int = 5) -> Any:
+    """The findings grouped into one row per distinct problem, errors first.
+
+    Findings of the same rule with the same message and fix (e.g. one schema mistake repeated on
+    every line of a file) become one row with their count and the first few line numbers.
+
+    Args:
+        findings: from `lint_batch_file`, `lint_request_body`, `lint_strict_schema`, ... (any
+            iterable; consumed once).
+        max_lines: how many line numbers (and custom_ids) to list before ``(+N more)``.
+
+    Returns:
+        A DataFrame with columns ``severity, rule, code, count, lines, custom_ids, path,
+        message, fix``; messages and fixes are complete (never shortened). Empty (with those
+        columns) when there are no findings.
+    """
+    import pandas as pd
+
+    groups: dict[tuple[str, str, str, str | None], dict[str, Any]] = {}
+    for f in findings:
+        key = (f.severity, f.rule or f.code, f.message, f.fix)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {"finding": f, "count": 0, "lines": [], "ids": [], "more_lines": 0, "more_ids": 0}
+        group["count"] += 1
+        if f.line is not None:
+            if len(group["lines"]) < max_lines:
+                group["lines"].append(f.line)
+            else:
+                group["more_lines"] += 1
+        if f.custom_id is not None:
+            if len(group["ids"]) < max_lines:
+                group["ids"].append(f.custom_id)
+            else:
+                group["more_ids"] += 1
+
+    def listing(items: list[Any], more: int) -> str:
+        text = ", ".join(str(i) for i in items)
+        return f"{text} (+{more} more)" if more else text
+
+    rows = []
+    for group in sorted(groups.values(), key=lambda g: (g["finding"].severity != "error",
+                                                        g["lines"][0] if g["lines"] else 0)):
+        f = group["finding"]
+        rows.append({
+            "severity": f.severity,
+            "rule": f.rule or f.code,
+            "code": f.code,
+            "count": group["count"],
+            "lines": listing(group["lines"], group["more_lines"]),
+            "custom_ids": listing(group["ids"], group["more_ids"]),
+            "path": f.path,
+            "message": f.message,
+            "fix": f.fix or "",
+        })
+    columns = ["severity", "rule", "code", "count", "lines", "custom_ids", "path", "message", "fix"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["count"] = frame["count"].astype("int64")
+    return frame
+
+
+def findings_table(findings: Iterable[Finding], *, max_lines: int = 5, title: str | None = None) -> Any:
+    """The findings for people: grouped by rule, with count, first lines, full message and fix.
+
+    In a notebook it renders as an HTML table with every message and fix in full (wrapped, never
+    cut at 50 characters); as text (``print``, papermill logs) one block per problem::
+
+        error  schema.default_not_permitted (invalid_schema): 3 findings, lines 2, 3, 4
+            at: body.response_format.json_schema.schema.properties.HeightInFeet.default
+            message: Invalid schema for response_format 'info': In context=(...), 'default' is not permitted.
+            fix: Remove 'default'; ...
+
+    With no findings it displays the sentence "No findings." (text and HTML).
+
+    Args:
+        findings: any iterable of `Finding` (from the lints of this module or `batchkit.schema`).
+        max_lines: line numbers listed per problem before ``(+N more)``.
+        title: an optional first line; default: ``N finding(s): E error(s), W warning(s)``.
+
+    Returns:
+        A `batchkit.tables.ReportTable`; ``.frame`` is `findings_by_rule`'s DataFrame.
+    """
+    from batchkit.tables import ReportTable
+
+    frame = findings_by_rule(findings, max_lines=max_lines)
+    total = int(frame["count"].sum()) if len(frame) else 0
+    errors = int(frame.loc[frame["severity"] == "error", "count"].sum()) if len(frame) else 0
+    if title is None:
+        title = f"{total} finding(s): {errors} error(s), {total - errors} warning(s)"
+
+    def text(frame: Any) -> str:
+        blocks = []
+        for rec in frame.to_dict(orient="records"):
+            head = f"{rec['severity']}  {rec['rule']} ({rec['code']}): {rec['count']} finding(s)"
+            if rec["lines"]:
+                head += f", line(s) {rec['lines']}"
+            block = [head]
+            if rec["custom_ids"]:
+                block.append(f"    custom_id: {rec['custom_ids']}")
+            if rec["path"]:
+                block.append(f"    at: {rec['path']}")
+            block.append(f"    message: {rec['message']}")
+            if rec["fix"]:
+                block.append(f"    fix: {rec['fix']}")
+            blocks.append("\n".join(block))
+        return "\n".join(blocks)
+
+    return ReportTable(frame, empty="No findings.", title=title, text=text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,17 +3,23 @@
 Every input `custom_id` gets exactly one row, in input order, whatever happened to it; the
 `outcome` column says what:
 
-| outcome          | when |
-|------------------|------|
-| `ok`             | HTTP 200, `finish_reason` `stop`, content is JSON matching the schema |
-| `refusal`        | HTTP 200 with `message.refusal` set |
-| `truncated`      | HTTP 200 with `finish_reason` `length` (content cut off) |
-| `content_filter` | HTTP 200 with `finish_reason` `content_filter` |
-| `invalid_json`   | HTTP 200 but the content is not JSON, or does not match the schema |
-| `http_error`     | the request was rejected (error-file line with a non-200 `status_code`, or another error code) |
-| `expired`        | not run before the 24 h window closed (`batch_expired`) |
-| `cancelled`      | not run because the batch was cancelled (`batch_cancelled`) |
-| `missing`        | no line in either file (the batch did not finish; the batch status decides if known) |
+| outcome          | Chat Completions body | Responses body |
+|------------------|-----------------------|----------------|
+| `ok`             | HTTP 200, `finish_reason` `stop`, content is JSON matching the schema | HTTP 200, `status` `completed`, the `output_text` is JSON matching the schema |
+| `refusal`        | `message.refusal` set | a `refusal` content part |
+| `truncated`      | `finish_reason` `length` (content cut off) | `status` `incomplete`, reason `max_output_tokens` |
+| `content_filter` | `finish_reason` `content_filter` | `status` `incomplete`, reason `content_filter` |
+| `invalid`        | HTTP 200 but the content is not JSON, does not match the schema, or breaks a constraint of the original schema | the same, for the `output_text` |
+| `http_error`     | the request was rejected: an error-file line with a non-200 `status_code`, or an error code | the same; also a body with `status` `failed` |
+| `expired`        | not run before the 24 h window closed (`batch_expired`) | |
+| `cancelled`      | not run because the batch was cancelled (`batch_cancelled`) | |
+| `missing`        | no line in either file (the batch did not finish; the batch status decides if known) | |
+
+`invalid` is the one name for "HTTP 200, but the answer is not a valid instance of the schema";
+the `error` column says which (not JSON, not an object, which field broke which rule).
+For Responses bodies the usage columns hold `input_tokens` / `output_tokens` under the same
+names (`prompt_tokens`, `completion_tokens`), and `finish_reason` holds the body's `status`
+(`completed`) or, when incomplete, its `incomplete_details.reason`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ OUTCOMES: tuple[str, ...] = (
     "http_error",
     "expired",
     "cancelled",
-    "invalid_json",
+    "invalid",
     "missing",
 )
 INFO_COLUMNS: tuple[str, ...] = (
@@ -131,7 +137,7 @@ def classify_line(line: Mapping[str, Any], *, validator: Any = None) -> dict[str
 
     Args:
         line: one JSON object from an output or error file.
-        validator: an optional `jsonschema` validator; content that fails it is `invalid_json`.
+        validator: an optional `jsonschema` validator; content that fails it is `invalid`.
     """
     custom_id = line.get("custom_id")
     info: dict[str, Any] = {
@@ -158,12 +164,17 @@ def classify_line(line: Mapping[str, Any], *, validator: Any = None) -> dict[str
     if status != 200:
         info["error"] = _error_text(body.get("error") if isinstance(body, Mapping) else None) or _error_text(error) or f"HTTP {status}"
         return info
+    if not isinstance(body, Mapping):
+        info["outcome"], info["error"] = "invalid", "the response body is not a JSON object"
+        return info
+    if body.get("object") == "response" or ("output" in body and "choices" not in body):
+        return _classify_responses_body(body, info, validator)
     usage = body.get("usage") or {}
     for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
         info[key] = usage.get(key)
     choices = body.get("choices") or []
     if not choices:
-        info["outcome"], info["error"] = "invalid_json", "the response has no choices"
+        info["outcome"], info["error"] = "invalid", "the response has no choices"
         return info
     choice = choices[0]
     message = choice.get("message") or {}
@@ -179,19 +190,24 @@ def classify_line(line: Mapping[str, Any], *, validator: Any = None) -> dict[str
     if finish == "content_filter":
         info["outcome"], info["error"] = "content_filter", "the answer was withheld by the content filter"
         return info
+    return _check_content(content, info, validator)
+
+
+def _check_content(content: Any, info: dict[str, Any], validator: Any) -> dict[str, Any]:
+    """Parse the answer text and check it against the schema: outcome `ok` or `invalid`."""
     try:
         values = json.loads(content or "")
-    except json.JSONDecodeError as exc:
-        info["outcome"], info["error"] = "invalid_json", f"content is not JSON: {exc.msg}"
+    except (json.JSONDecodeError, TypeError) as exc:
+        info["outcome"], info["error"] = "invalid", f"content is not JSON: {getattr(exc, 'msg', exc)}"
         return info
     if not isinstance(values, dict):
-        info["outcome"], info["error"] = "invalid_json", "content is JSON but not an object"
+        info["outcome"], info["error"] = "invalid", "content is JSON but not an object"
         return info
     if validator is not None:
         problem = next(iter(validator.iter_errors(values)), None)
         if problem is not None:
             where = "/".join(map(str, problem.absolute_path)) or "(root)"
-            info["outcome"], info["error"] = "invalid_json", f"content does not match the schema at {where}: {problem.message}"
+            info["outcome"], info["error"] = "invalid", f"content does not match the schema at {where}: {problem.message}"
             info["values"] = values
             return info
     info["outcome"] = "ok"
@@ -199,12 +215,62 @@ def classify_line(line: Mapping[str, Any], *, validator: Any = None) -> dict[str
     return info
 
 
+def _responses_text(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the joined ``output_text`` parts, the first refusal) of a Responses body's message items,
+    read as the SDK's ``Response.output_text`` reads them."""
+    texts: list[str] = []
+    refusal: str | None = None
+    for item in body.get("output") or []:
+        if not isinstance(item, Mapping) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "refusal" and refusal is None:
+                refusal = str(part.get("refusal") or "refused")
+    return ("".join(texts) if texts else None), refusal
+
+
+def _classify_responses_body(body: Mapping[str, Any], info: dict[str, Any], validator: Any) -> dict[str, Any]:
+    usage = body.get("usage") or {}
+    info["prompt_tokens"] = usage.get("input_tokens")
+    info["completion_tokens"] = usage.get("output_tokens")
+    info["total_tokens"] = usage.get("total_tokens")
+    status = body.get("status")
+    details = body.get("incomplete_details") or {}
+    reason = details.get("reason") if isinstance(details, Mapping) else None
+    info["finish_reason"] = reason if status == "incomplete" and reason else status
+    text, refusal = _responses_text(body)
+    if refusal is not None:
+        info["outcome"], info["error"] = "refusal", refusal
+        return info
+    if status == "failed" or (body.get("error") and status != "completed"):
+        info["outcome"] = "http_error"
+        info["error"] = _error_text(body.get("error")) or "the response failed"
+        return info
+    if status == "incomplete":
+        if reason == "content_filter":
+            info["outcome"], info["error"] = "content_filter", "the answer was withheld by the content filter"
+        else:
+            info["outcome"] = "truncated"
+            info["error"] = (f"the answer is incomplete ({reason})" if reason and reason != "max_output_tokens"
+                             else "the answer hit max_output_tokens and was cut off")
+        return info
+    if text is None:
+        info["outcome"], info["error"] = "invalid", "the response has no output_text"
+        return info
+    return _check_content(text, info, validator)
+
+
 def _schema_dict(schema: Any) -> dict[str, Any] | None:
     if schema is None:
         return None
     if isinstance(schema, Mapping):
-        if schema.get("type") == "json_schema":
-            return dict(schema["json_schema"]["schema"])
+        if schema.get("type") == "json_schema":  # a chat response_format, or a Responses text.format
+            inner = schema.get("json_schema")
+            return dict(inner["schema"] if isinstance(inner, Mapping) else schema["schema"])
         if "schema" in schema and "properties" not in schema:
             return dict(schema["schema"])
         return dict(schema)
@@ -250,7 +316,7 @@ def parse_results(
         inputs: the input table (DataFrame with an `id_column`), the request lines, or a list of ids.
             None: rows for the custom_ids found in the lines, sorted by id.
         schema: the JSON schema / response_format / pydantic model; its fields become columns and
-            answers that do not match it are `invalid_json`.
+            answers that do not match it are `invalid`.
         id_column: the custom_id column of `inputs` (renamed to `custom_id` in the result).
         batch_status: the batch's final status, used for ids that have no line at all (`expired`,
             `cancelled`); taken from `results` when it is a `ResultFiles`.
@@ -350,7 +416,7 @@ def save_results(frame: pd.DataFrame, folder: str | Path, stem: str = "results")
     """Write the table as `<stem>.csv` and `<stem>.parquet` in `folder`; returns both paths.
 
     Nested values (lists, objects), and values in a column that mixes types (e.g. a number where the
-    schema wanted a string, in an `invalid_json` row), are stored as JSON text so both formats keep them.
+    schema wanted a string, in an `invalid` row), are stored as JSON text so both formats keep them.
     """
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)

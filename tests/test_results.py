@@ -58,7 +58,7 @@ def test_every_input_gets_one_row_in_input_order(files: ResultFiles, inputs: pd.
     assert list(frame.columns[:2]) == ["custom_id", "prompt"]
     assert list(frame.columns[2:6]) == FIELDS
     assert list(frame["outcome"]) == [
-        "ok", "http_error", "ok", "refusal", "truncated", "content_filter", "invalid_json", "expired", "cancelled", "missing",
+        "ok", "http_error", "ok", "refusal", "truncated", "content_filter", "invalid", "expired", "cancelled", "missing",
     ]
 
 
@@ -124,9 +124,9 @@ def test_classify_error_line_without_code() -> None:
     info = classify_line({"custom_id": "x", "response": None, "error": {"code": "request_timeout", "message": "timed out"}})
     assert info["outcome"] == "http_error" and info["error"] == "request_timeout: timed out"
     info = classify_line({"custom_id": "x", "response": {"status_code": 200, "body": {"choices": []}}, "error": None})
-    assert info["outcome"] == "invalid_json"
+    assert info["outcome"] == "invalid"
     info = classify_line({"custom_id": "x", "response": {"status_code": 200, "body": {"choices": [{"finish_reason": "stop", "message": {"content": "not json"}}]}}})
-    assert info["outcome"] == "invalid_json" and "not JSON" in info["error"]
+    assert info["outcome"] == "invalid" and "not JSON" in info["error"]
 
 
 def test_failed_rows_counts_answer_table_and_save(files: ResultFiles, inputs: pd.DataFrame, tmp_path: Path) -> None:
