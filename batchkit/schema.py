@@ -39,8 +39,12 @@ __all__ = [
     "RuleSet",
     "RULE_SETS",
     "StrictSchema",
+    "SchemaChange",
+    "CONSTRAINT_KEYWORDS",
     "lint_strict_schema",
     "to_strict_schema",
+    "checking_schema",
+    "schema_changes_table",
     "response_format_for",
     "render_path",
     "SCHEMA_RULES",
@@ -813,19 +817,96 @@ def lint_strict_schema(
 # --------------------------------------------------------------------------------------------
 
 
+#: Keywords that restrict which values are valid (as opposed to annotations such as ``examples``).
+#: When the target does not support one, `to_strict_schema` drops it and records it as *dropped*;
+#: the results parser checks the answers against them again (see `checking_schema`).
+CONSTRAINT_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "multipleOf", "minItems", "maxItems", "minLength", "maxLength", "uniqueItems",
+        "minProperties", "maxProperties", "allOf", "not", "if", "then", "else",
+        "dependentRequired", "dependentSchemas", "dependencies", "patternProperties",
+        "unevaluatedProperties", "propertyNames", "unevaluatedItems", "contains", "minContains",
+        "maxContains", "prefixItems", "additionalItems", "contentSchema",
+    }
+)
+#: The dropped constraints that results parsing can check again (value-level keywords that need
+#: no structural conversion). Others (e.g. ``not``, ``if``) are reported but not re-checked.
+CHECKABLE_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "multipleOf", "minItems", "maxItems", "minLength", "maxLength", "uniqueItems",
+        "minProperties", "maxProperties",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """One change `to_strict_schema` made to a schema.
+
+    Attributes:
+        path: readable path of the schema node, e.g. ``properties.score`` (``(root)`` for the root).
+        action: what was done, one of ``set_additional_properties``, ``required_all``,
+            ``made_nullable``, ``dropped_default``, ``dropped_constraint``, ``dropped_keyword``,
+            ``inlined_ref``, ``inlined_all_of``, ``one_of_to_any_of``, ``moved_keyword``,
+            ``added_type``, ``removed_root_only``.
+        detail: the change in words, e.g. ``removed unsupported 'maximum' (5)``.
+        keyword: the JSON Schema keyword concerned, when there is one.
+        value: the value it had (for a dropped keyword or default).
+        dropped: True when a constraint of the original schema is no longer enforced by the
+            service for this target (answers may break it).
+        checked: for a dropped constraint, True when results parsing checks it again against the
+            original schema (answers that break it get the outcome ``invalid``).
+    """
+
+    path: str
+    action: str
+    detail: str
+    keyword: str | None = None
+    value: Any = None
+    dropped: bool = False
+    checked: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict."""
+        return asdict(self)
+
+
 @dataclass
 class StrictSchema:
     """A converted schema and what the conversion changed.
 
     Attributes:
         schema: the strict schema (a new dict; the input is never modified).
-        changes: one readable line per change, e.g. ``properties.age: dropped default 0``.
+        records: every change as a `SchemaChange`, in schema order.
         name: a name fit for ``json_schema.name`` (the model's class name or the schema title).
+        target: the rule set the conversion applied (``azure`` or ``openai``).
+        original: the schema before conversion (a JSON schema dict; a model's ``model_json_schema``).
     """
 
     schema: dict[str, Any]
-    changes: list[str] = field(default_factory=list)
+    records: list[SchemaChange] = field(default_factory=list)
     name: str = "schema"
+    target: str = "openai"
+    original: dict[str, Any] | None = None
+
+    @property
+    def changes(self) -> list[str]:
+        """One readable line per change, e.g. ``properties.age: dropped default 0``."""
+        return [str(record) for record in self.records]
+
+    @property
+    def dropped(self) -> list[SchemaChange]:
+        """The constraints of the original the target does not enforce (answers may break them)."""
+        return [record for record in self.records if record.dropped]
+
+    def table(self) -> Any:
+        """The changes as a short table for a notebook (`schema_changes_table`)."""
+        return schema_changes_table(self)
 
 
 def _schema_of(model_or_schema: Any) -> tuple[dict[str, Any], str]:
@@ -853,10 +934,29 @@ class _Converter:
     def __init__(self, root: dict[str, Any], rules: RuleSet) -> None:
         self.root = root
         self.rules = rules
-        self.changes: list[str] = []
+        self.records: list[SchemaChange] = []
 
-    def note(self, parts: Sequence[str | int], text: str) -> None:
-        self.changes.append(f"{render_path('', parts) or '(root)'}: {text}")
+    def note(
+        self,
+        parts: Sequence[str | int],
+        action: str,
+        text: str,
+        *,
+        keyword: str | None = None,
+        value: Any = None,
+        dropped: bool = False,
+    ) -> None:
+        self.records.append(
+            SchemaChange(
+                path=render_path("", parts) or "(root)",
+                action=action,
+                detail=text,
+                keyword=keyword,
+                value=value,
+                dropped=dropped,
+                checked=dropped and keyword in CHECKABLE_KEYWORDS,
+            )
+        )
 
     def resolve(self, ref: str) -> dict[str, Any] | None:
         for key in ("$defs", "definitions"):
@@ -870,12 +970,12 @@ class _Converter:
 
     def make_nullable(self, node: dict[str, Any], parts: Sequence[str | int]) -> dict[str, Any]:
         if "$ref" in node:
-            self.note(parts, "made nullable (anyOf with null)")
+            self.note(parts, "made_nullable", "made nullable (anyOf with null)")
             return {"anyOf": [node, {"type": "null"}]}
         if "anyOf" in node and isinstance(node["anyOf"], list):
             if not any(isinstance(b, dict) and b.get("type") == "null" for b in node["anyOf"]):
                 node["anyOf"].append({"type": "null"})
-                self.note(parts, "made nullable (null branch added to anyOf)")
+                self.note(parts, "made_nullable", "made nullable (null branch added to anyOf)")
             return node
         types = _type_list(node)
         if types is not None:
@@ -883,15 +983,15 @@ class _Converter:
                 node["type"] = [*types, "null"]
                 if isinstance(node.get("enum"), list) and None not in node["enum"]:
                     node["enum"].append(None)
-                self.note(parts, "made nullable (type " + json.dumps(node["type"]) + ")")
+                self.note(parts, "made_nullable", "made nullable (type " + json.dumps(node["type"]) + ")")
             return node
         if "enum" in node and isinstance(node["enum"], list):
             if None not in node["enum"]:
                 node["enum"].append(None)
-                self.note(parts, "made nullable (null added to enum)")
+                self.note(parts, "made_nullable", "made nullable (null added to enum)")
             return node
         if "const" in node:
-            self.note(parts, "made nullable (anyOf const or null)")
+            self.note(parts, "made_nullable", "made nullable (anyOf const or null)")
             return {"anyOf": [node, {"type": "null"}]}
         return node
 
@@ -908,8 +1008,13 @@ class _Converter:
             value = node.pop(key)
             for branch in targets:
                 branch.setdefault(key, copy.deepcopy(value))
-            self.note(parts, f"moved '{key}' into the {'/'.join(kinds)} branch of anyOf"
-                      if targets else f"removed '{key}' (no {'/'.join(kinds)} branch in anyOf)")
+            if targets:
+                self.note(parts, "moved_keyword", f"moved '{key}' into the {'/'.join(kinds)} branch of anyOf",
+                          keyword=key, value=value)
+            else:
+                self.note(parts, "dropped_constraint" if key in CONSTRAINT_KEYWORDS else "dropped_keyword",
+                          f"removed '{key}' (no {'/'.join(kinds)} branch in anyOf)", keyword=key, value=value,
+                          dropped=key in CONSTRAINT_KEYWORDS)
 
     def convert(self, node: Any, parts: list[str | int], *, is_root: bool = False) -> Any:
         if not isinstance(node, dict):
@@ -922,7 +1027,7 @@ class _Converter:
                 ref = node["$ref"]
                 siblings = {k: v for k, v in node.items() if k != "$ref"}
                 node = {**copy.deepcopy(target), **siblings}
-                self.note(parts, f"inlined $ref {ref} (it had sibling keywords)")
+                self.note(parts, "inlined_ref", f"inlined $ref {ref} (it had sibling keywords)", keyword="$ref", value=ref)
         # a single allOf is inlined
         all_of = node.get("allOf")
         if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
@@ -933,25 +1038,30 @@ class _Converter:
                 if resolved is not None:
                     inner = copy.deepcopy(resolved)
             node = {**inner, **node}
-            self.note(parts, "inlined single allOf")
+            self.note(parts, "inlined_all_of", "inlined single allOf", keyword="allOf")
         if "oneOf" in node and "anyOf" not in node:
             node["anyOf"] = node.pop("oneOf")
-            self.note(parts, "oneOf replaced by anyOf")
+            self.note(parts, "one_of_to_any_of", "oneOf replaced by anyOf", keyword="oneOf")
         for key in list(node):
             if key == "default":
                 value = node.pop(key)
-                self.note(parts, f"dropped default {json.dumps(value)[:60]}")
+                self.note(parts, "dropped_default", f"dropped default {json.dumps(value, default=str)[:60]}", keyword="default", value=value)
             elif key in self.rules.keywords:
                 if key in ("$defs", "definitions", "$schema", "$id") and not is_root:
                     node.pop(key)
-                    self.note(parts, f"removed '{key}' (root only)")
+                    self.note(parts, "removed_root_only", f"removed '{key}' (root only)", keyword=key)
             else:
                 value = node.pop(key)
                 kind = "unsupported" if key in _KNOWN_KEYWORDS else "unknown keyword"
-                self.note(parts, f"removed {kind} '{key}' ({json.dumps(value, default=str)[:40]})")
+                constraint = key in CONSTRAINT_KEYWORDS
+                self.note(parts, "dropped_constraint" if constraint else "dropped_keyword",
+                          f"removed {kind} '{key}' ({json.dumps(value, default=str)[:40]})",
+                          keyword=key, value=value, dropped=constraint)
         fmt = node.get("format")
         if "format" in node and (not isinstance(fmt, str) or fmt not in self.rules.formats):
-            self.note(parts, f"removed unsupported format {json.dumps(node.pop('format'))}")
+            value = node.pop("format")
+            self.note(parts, "dropped_constraint", f"removed unsupported format {json.dumps(value, default=str)}",
+                      keyword="format", value=value, dropped=True)
         if "$ref" in node:
             return node
 
@@ -959,7 +1069,7 @@ class _Converter:
         if "object" in types or ("properties" in node and "type" not in node):
             if "type" not in node:
                 node["type"] = "object"
-                self.note(parts, "added type object")
+                self.note(parts, "added_type", "added type object", keyword="type")
             props = node.get("properties")
             if not isinstance(props, dict):
                 props = {}
@@ -975,15 +1085,15 @@ class _Converter:
                 new_props[key] = converted
             node["properties"] = new_props
             if node.get("additionalProperties") is not False:
-                self.note(parts, "set additionalProperties false")
+                self.note(parts, "set_additional_properties", "set additionalProperties false", keyword="additionalProperties")
                 node["additionalProperties"] = False
             all_keys = list(new_props)
             if required != all_keys:
                 missing = [k for k in all_keys if k not in required]
                 if missing:
-                    self.note(parts, "required now lists every property (added " + ", ".join(missing) + ")")
+                    self.note(parts, "required_all", "required now lists every property (added " + ", ".join(missing) + ")", keyword="required")
                 else:
-                    self.note(parts, "required set to the property keys")
+                    self.note(parts, "required_all", "required set to the property keys", keyword="required")
                 node["required"] = all_keys
         if isinstance(node.get("items"), dict):
             node["items"] = self.convert(node["items"], [*parts, "items"])
@@ -1020,7 +1130,87 @@ def to_strict_schema(model_or_schema: Any, *, target: Target = "openai") -> Stri
     schema, name = _schema_of(model_or_schema)
     conv = _Converter(schema, rules)
     strict = conv.convert(schema, [], is_root=True)
-    return StrictSchema(schema=strict, changes=conv.changes, name=_safe_name(name))
+    return StrictSchema(schema=strict, records=conv.records, name=_safe_name(name), target=rules.name,
+                        original=schema)
+
+
+#: The rule set of `checking_schema`: the strict structure, with every value constraint kept.
+_CHECK_RULES = RuleSet(
+    name="check",
+    max_properties=10**9,
+    max_depth=10**9,
+    max_string_length=10**12,
+    max_enum_values=10**9,
+    large_enum_threshold=10**9,
+    max_large_enum_chars=10**12,
+    keywords=_BASE_KEYWORDS | CHECKABLE_KEYWORDS,
+    formats=_FORMATS | frozenset({"uri", "uri-reference", "iri", "iri-reference", "idn-email",
+                                  "idn-hostname", "regex", "json-pointer", "relative-json-pointer",
+                                  "uri-template"}),
+)
+
+
+def checking_schema(model_or_schema: Any) -> dict[str, Any]:
+    """The schema answers are checked against when results are parsed.
+
+    It has the structure `to_strict_schema` gives every target (optional fields nullable, every
+    property required, no additional properties) and keeps every value constraint of the
+    original that a validator can check (``minimum``/``maximum``, ``pattern``, string and array
+    lengths, ``format``, ...), including those the target's strict mode does not support. So an
+    answer the service accepted but that breaks, e.g., ``Field(ge=1, le=5)`` fails this schema.
+
+    Args:
+        model_or_schema: the ORIGINAL schema: a pydantic model class, a TypeAdapter, or a JSON
+            schema dict (before any strict conversion).
+    """
+    schema, _ = _schema_of(model_or_schema)
+    return _Converter(schema, _CHECK_RULES).convert(schema, [], is_root=True)
+
+
+def schema_changes_table(strict: StrictSchema) -> Any:
+    """A short table of what `to_strict_schema` changed, for a notebook.
+
+    One row per change: ``path``, ``change`` (the words), ``constraint dropped`` (``yes`` when the
+    target's strict mode no longer enforces a constraint of the original) and ``checked when
+    parsing`` (``yes`` when `batchkit.results.parse_results` checks the answers against it again,
+    given ``original_schema=``). Dropped constraints come first. Displays as the sentence "No
+    changes: the schema is already strict for <target>." when nothing changed.
+
+    Returns:
+        A `batchkit.tables.ReportTable` (its DataFrame is ``.frame``).
+    """
+    import pandas as pd
+
+    from batchkit.tables import ReportTable
+
+    ordered = sorted(strict.records, key=lambda r: not r.dropped)
+    rows = [
+        {
+            "path": r.path,
+            "change": r.detail,
+            "constraint dropped": "yes" if r.dropped else "",
+            "checked when parsing": ("yes" if r.checked else "no") if r.dropped else "",
+        }
+        for r in ordered
+    ]
+    frame = pd.DataFrame(rows, columns=["path", "change", "constraint dropped", "checked when parsing"])
+    dropped = sum(1 for r in strict.records if r.dropped)
+
+    def text(frame: pd.DataFrame) -> str:
+        width = max(len(p) for p in frame["path"])
+        lines = []
+        for rec in frame.to_dict(orient="records"):
+            mark = ""
+            if rec["constraint dropped"]:
+                mark = "  [constraint dropped; " + (
+                    "checked when parsing]" if rec["checked when parsing"] == "yes" else "not checked]")
+            lines.append(f"{rec['path']:<{width}}  {rec['change']}{mark}")
+        return "\n".join(lines)
+
+    title = (f"{len(rows)} change(s) for target {strict.target}"
+             + (f", {dropped} constraint(s) dropped" if dropped else "") + ":")
+    return ReportTable(frame, empty=f"No changes: the schema is already strict for {strict.target}.",
+                       title=title, text=text)
 
 
 def response_format_for(
