@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test notebooks clean
+.PHONY: setup run test notebooks bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ test: setup
 # their committed outputs (compared by nbval in `make test`) match the current service and engine.
 notebooks: setup
 	$(PY) -m batchkit walkthrough --refresh-notebooks
+
+# Every benchmark (ours against a baseline in the same process); rewrites the generated part of
+# docs/performance.md. `make bench BENCH_ARGS="--quick"` for small sizes, "--only parse" for one group.
+bench: setup
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .localbatch out runs .pytest_cache .hypothesis

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import orjson
 import pandas as pd
 
+from batchkit._gc import paused as gc_paused
 from batchkit.errors import AuthoringError, LintError
 
 Target = Literal["azure", "openai"]
@@ -228,41 +229,114 @@ def _template_fields(template: str) -> list[str] | None:
     return names
 
 
-class _RowSource:
-    """Rows as (index, custom_id-or-None, record) without materialising a DataFrame's records:
-    only the columns the prompt needs are read."""
+def _positional(template: str, names: list[str]) -> str:
+    """`template` with each named field replaced by its position in `names` (same specs)."""
+    out = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            out.append("{" + str(names.index(field)) + (f"!{conversion}" if conversion else "")
+                       + (f":{spec}" if spec else "") + "}")
+    return "".join(out)
 
-    def __init__(self, rows: Any, *, id_column: str, prompt_column: str, template: str | None) -> None:
-        self.rows = rows
-        self.id_column = id_column
-        self.prompt_column = prompt_column
-        self.template = template
-        if isinstance(rows, pd.DataFrame):
-            self.columns = [str(c) for c in rows.columns]
-        elif isinstance(rows, Iterable) and not isinstance(rows, (str, bytes, Mapping)):
-            self.columns = None
+
+def _columns_text(columns: Iterable[Any]) -> str:
+    return ", ".join(map(str, columns))
+
+
+def _user_text(value: Any) -> str:
+    return "" if _missing(value) else value if isinstance(value, str) else str(value)
+
+
+def _custom_id_of(index: int, raw: Any, id_column: str) -> str:
+    if _missing(raw):
+        raise AuthoringError(
+            f"Row {index}: the {id_column!r} column is empty; every row needs its own custom_id "
+            f"(or pass id_column= naming another column).", row=index)
+    return raw if isinstance(raw, str) else str(raw)
+
+
+def _fill(template: str, index: int, custom_id: str, record: Mapping[str, Any], columns: Iterable[Any]) -> str:
+    try:
+        return template.format_map(record)
+    except KeyError as exc:
+        raise AuthoringError(
+            f"Row {index} ({custom_id}): the template names {exc.args[0]!r}, which is not a column "
+            f"(columns: {_columns_text(columns)}); pass template= naming existing columns.",
+            custom_id=custom_id, row=index,
+        ) from None
+    except (IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise AuthoringError(f"Row {index} ({custom_id}): the template cannot be filled: {exc}.",
+                             custom_id=custom_id, row=index) from None
+
+
+def _prompt_columns(
+    rows: pd.DataFrame, *, id_column: str, prompt_column: str, template: str | None, id_prefix: str,
+) -> tuple[list[str], list[str]]:
+    """The custom_ids and user messages of a DataFrame, column-wise (checked: ids present,
+    prompts non-empty), reading only the columns the prompt and the id need."""
+    columns = [str(c) for c in rows.columns]
+    count = len(rows)
+    if id_column in rows.columns:
+        raw_ids = rows[id_column].tolist()
+        if all(type(v) is str for v in raw_ids):
+            ids = raw_ids
         else:
-            raise AuthoringError("rows must be a pandas DataFrame or a list of dicts (records).")
+            ids = [_custom_id_of(index, v, id_column) for index, v in enumerate(raw_ids)]
+    else:
+        ids = [f"{id_prefix}{index}" for index in range(count)]
+    if template is None:
+        if prompt_column not in rows.columns:
+            raise AuthoringError(
+                f"Row 0 has no column {prompt_column!r} (columns: {_columns_text(columns)}); "
+                f"pass prompt_column= naming the prompt column, or template=.", row=0)
+        users = rows[prompt_column].tolist()
+    else:
+        names = _template_fields(template)
+        users = []
+        if names is not None and all(n in rows.columns for n in names):
+            positional = _positional(template, names).format
+            values = [rows[n].tolist() for n in names]
+            try:
+                users = [positional(*row) for row in zip(*values)] if names else [template.format()] * count
+            except (IndexError, ValueError, AttributeError, TypeError):
+                users = []  # a row the template cannot take: found and named below
+        if len(users) != count:
+            users = [_fill(template, index, ids[index], record, columns)
+                     for index, record in enumerate(rows.to_dict(orient="records"))]
+    if not all(type(u) is str for u in users):
+        users = [u if type(u) is str else _user_text(u) for u in users]
+    return ids, users
 
-    def __iter__(self) -> Iterator[tuple[int, Any, Mapping[str, Any]]]:
-        rows = self.rows
-        if isinstance(rows, pd.DataFrame):
-            names = [self.prompt_column] if self.template is None else _template_fields(self.template)
-            if names is None:
-                needed = list(rows.columns)
-            else:
-                needed = [n for n in names if n in rows.columns]
-                if self.id_column in rows.columns and self.id_column not in needed:
-                    needed.append(self.id_column)
-            ids = rows[self.id_column].tolist() if self.id_column in rows.columns else None
-            columns = [rows[c].tolist() for c in needed]
-            for index, values in enumerate(zip(*columns)) if columns else enumerate([()] * len(rows)):
-                yield index, (ids[index] if ids is not None else None), dict(zip(needed, values))
-            return
-        for index, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise AuthoringError(f"Row {index} is a {type(row).__name__}, not a mapping of column -> value.", row=index)
-            yield index, row.get(self.id_column), row
+
+def _prompts(
+    rows: Any, *, id_column: str, prompt_column: str, template: str | None, id_prefix: str
+) -> Iterator[tuple[int, str, str]]:
+    """``(row number, custom_id, user message)`` per row; a problem raises `AuthoringError` naming
+    the row. A DataFrame is read column-wise (only the columns the prompt and id need)."""
+
+    if isinstance(rows, pd.DataFrame):
+        ids, users = _prompt_columns(rows, id_column=id_column, prompt_column=prompt_column, template=template,
+                                     id_prefix=id_prefix)
+        yield from zip(range(len(ids)), ids, users)
+        return
+    if not isinstance(rows, Iterable) or isinstance(rows, (str, bytes, Mapping)):
+        raise AuthoringError("rows must be a pandas DataFrame or a list of dicts (records).")
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise AuthoringError(f"Row {index} is a {type(row).__name__}, not a mapping of column -> value.", row=index)
+        custom_id = _custom_id_of(index, row[id_column], id_column) if id_column in row else f"{id_prefix}{index}"
+        if template is not None:
+            user = _fill(template, index, custom_id, row, row.keys())
+        elif prompt_column not in row:
+            raise AuthoringError(
+                f"Row {index} ({custom_id}) has no column {prompt_column!r} (columns: {_columns_text(row)}); "
+                f"pass prompt_column= naming the prompt column, or template=.",
+                custom_id=custom_id, row=index,
+            )
+        else:
+            user = _user_text(row[prompt_column])
+        yield index, custom_id, user
 
 
 def iter_requests(
@@ -284,8 +358,9 @@ def iter_requests(
 ) -> Iterator[dict[str, Any]]:
     """The request lines of `build_requests`, one at a time (for tables too large to hold twice).
 
-    Arguments as `build_requests`. Repeated custom_ids are not checked here: `write_jsonl`
-    checks them while writing (and `build_requests` before returning).
+    Arguments as `build_requests`. Repeated custom_ids of a DataFrame are refused before the
+    first line; rows given as dicts are checked by `write_jsonl` while it writes (and by
+    `build_requests` before it returns).
     """
     if api not in DEFAULT_URLS:
         raise AuthoringError(f"api={api!r}: use 'chat' (Chat Completions) or 'responses' (Responses API).")
@@ -306,55 +381,34 @@ def iter_requests(
         format_key = "response_format"
     if not model:
         raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
-    source = _RowSource(rows, id_column=id_column, prompt_column=prompt_column, template=template)
-    fill = template.format_map if template is not None else None
-    system_message = {"role": "system", "content": system}
+    if isinstance(rows, pd.DataFrame):
+        ids, users = _prompt_columns(rows, id_column=id_column, prompt_column=prompt_column, template=template,
+                                     id_prefix=id_prefix)
+        empty = next((i for i, user in enumerate(users) if not user or user.isspace()), None)
+        if empty is not None:
+            raise AuthoringError(f"Row {empty} ({ids[empty]}): the prompt is empty.", custom_id=ids[empty], row=empty)
+        if not ids:
+            raise AuthoringError("No rows: a batch needs at least one request.")
+        if len(set(ids)) != len(ids):
+            check_unique_ids({"custom_id": custom_id} for custom_id in ids)
+        yield from (
+            {"custom_id": custom_id, "method": "POST", "url": url, "body": {
+                "model": model,
+                shape: [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                format_key: holder, **extra}}
+            for custom_id, user in zip(ids, users)
+        )
+        return
     count = 0
-    for index, raw_id, record in source:
+    for index, custom_id, user in _prompts(rows, id_column=id_column, prompt_column=prompt_column,
+                                           template=template, id_prefix=id_prefix):
         count += 1
-        if raw_id is None and id_column not in (source.columns or record):
-            custom_id = f"{id_prefix}{index}"
-        elif _missing(raw_id):
-            raise AuthoringError(
-                f"Row {index}: the {id_column!r} column is empty; every row needs its own custom_id "
-                f"(or pass id_column= naming another column).", row=index)
-        else:
-            custom_id = str(raw_id)
-        if fill is not None:
-            try:
-                user = fill(record)
-            except KeyError as exc:
-                columns = source.columns if source.columns is not None else list(map(str, record))
-                raise AuthoringError(
-                    f"Row {index} ({custom_id}): the template names {exc.args[0]!r}, which is not a column "
-                    f"(columns: {', '.join(columns)}).",
-                    custom_id=custom_id,
-                    row=index,
-                ) from None
-            except (IndexError, ValueError, AttributeError) as exc:
-                raise AuthoringError(f"Row {index} ({custom_id}): the template cannot be filled: {exc}.",
-                                     custom_id=custom_id, row=index) from None
-        else:
-            if prompt_column not in record:
-                columns = source.columns if source.columns is not None else list(map(str, record))
-                raise AuthoringError(
-                    f"Row {index} ({custom_id}) has no column {prompt_column!r} (columns: {', '.join(columns)}); "
-                    f"pass prompt_column= naming the prompt column, or template=.",
-                    custom_id=custom_id,
-                    row=index,
-                )
-            value = record[prompt_column]
-            user = "" if _missing(value) else value if isinstance(value, str) else str(value)
         if not user or user.isspace():
             raise AuthoringError(f"Row {index} ({custom_id}): the prompt is empty.", custom_id=custom_id, row=index)
-        body: dict[str, Any] = {
+        yield {"custom_id": custom_id, "method": "POST", "url": url, "body": {
             "model": model,
-            shape: [system_message.copy(), {"role": "user", "content": user}],
-            format_key: holder,
-        }
-        if extra:
-            body.update(extra)
-        yield {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+            shape: [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            format_key: holder, **extra}}
     if count == 0:
         raise AuthoringError("No rows: a batch needs at least one request.")
 
@@ -404,12 +458,14 @@ def build_requests(
         AuthoringError: a missing prompt column or template field, an empty prompt or id, or a
             duplicate custom_id.
     """
-    lines = list(iter_requests(
-        rows, system=system, schema=schema, model=model, name=name, url=url, prompt_column=prompt_column,
-        template=template, id_column=id_column, id_prefix=id_prefix, target=target, convert=convert, api=api,
-        **options,
-    ))
-    check_unique_ids(lines)
+    with gc_paused():
+        lines = list(iter_requests(
+            rows, system=system, schema=schema, model=model, name=name, url=url, prompt_column=prompt_column,
+            template=template, id_column=id_column, id_prefix=id_prefix, target=target, convert=convert, api=api,
+            **options,
+        ))
+        if not isinstance(rows, pd.DataFrame):  # (a DataFrame's ids were checked column-wise)
+            check_unique_ids(lines)
     return lines
 
 
@@ -480,6 +536,13 @@ def lint_requests(
     return findings
 
 
+def _repeated(custom_id: str, first: int, index: int) -> AuthoringError:
+    return AuthoringError(
+        f"custom_id {custom_id!r} is used by rows {first} and {index}; each request needs its own id.",
+        custom_id=custom_id, row=index,
+    )
+
+
 def write_jsonl(
     lines: Iterable[Mapping[str, Any]],
     path: str | Path,
@@ -525,19 +588,17 @@ def write_jsonl(
         from batchkit.estimate import count_body_tokens as count_tokens
     handle, temp_name = tempfile.mkstemp(prefix=f".{target_path.name}.", suffix=".part", dir=target_path.parent)
     try:
-        with os.fdopen(handle, "wb", buffering=1 << 20) as out:
+        with os.fdopen(handle, "wb", buffering=1 << 16) as out, gc_paused():
             write = out.write
+            feed = linter.feed_object if linter is not None else None
             for index, line in enumerate(lines):
-                custom_id = line.get("custom_id") if isinstance(line, Mapping) else None
-                if not isinstance(custom_id, str) or not custom_id:
+                custom_id = line.get("custom_id") if type(line) is dict or isinstance(line, Mapping) else None
+                if type(custom_id) is not str or not custom_id:
                     raise AuthoringError(f"Request {index} has no custom_id (a non-empty string is required).", row=index)
-                first = seen.setdefault(custom_id, index)
-                if first != index:
-                    raise AuthoringError(
-                        f"custom_id {custom_id!r} is used by rows {first} and {index}; each request needs its own id.",
-                        custom_id=custom_id,
-                        row=index,
-                    )
+                if linter is None:  # (with the lint, the linter keeps the ids)
+                    first = seen.setdefault(custom_id, index)
+                    if first != index:
+                        raise _repeated(custom_id, first, index)
                 try:
                     data = _dumps_line(line)
                 except (TypeError, orjson.JSONEncodeError) as exc:
@@ -545,9 +606,12 @@ def write_jsonl(
                         errors.extend(linter.unencodable())
                         continue
                     raise
-                if linter is not None:
-                    found = linter.feed_object(line, len(data) + 1)
+                if feed is not None:
+                    found = feed(line, len(data) + 1)
                     if found:
+                        for finding in found:
+                            if finding.code == "duplicate_custom_id":
+                                raise _repeated(custom_id, linter.seen[custom_id] - 1, index)
                         errors.extend(f for f in found if f.severity == "error")
                     if count_tokens is not None:
                         body = line.get("body")

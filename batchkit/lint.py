@@ -4,8 +4,9 @@ One implementation serves the client (``python -m batchkit lint``, the notebooks
 local service (its validation step and its per-line HTTP 400s), so what passes here is what
 the service accepts.
 
-* `lint_batch_file` streams a JSONL file line by line (memory: one line at a time plus an 8-byte
-  digest and the first line number per ``custom_id``, about 14 MiB for 100,000 lines) and yields `Finding` objects with the physical line number and the code
+* `lint_batch_file` streams a JSONL file line by line (memory: one line at a time plus the set of
+  ``custom_id`` values with their first line numbers, about 10 MiB for 100,000 ids) and yields
+  `Finding` objects with the physical line number and the code
   the service reports (spec §4.2): ``invalid_json_line``, ``invalid_request``,
   ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``, ``model_not_found``,
   ``too_many_tasks``, ``empty_file``, ``file_too_large``; plus, per line, the request-scope
@@ -27,7 +28,6 @@ too. Lines may end in CRLF.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -36,6 +36,7 @@ import sys
 from dataclasses import replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import msgspec
 import orjson
 
 from batchkit.schema import Finding, Target, lint_strict_schema, render_path
@@ -909,9 +910,15 @@ class BatchFileLinter:
     that is already a Python object, with the byte size its serialised form will have (what
     `batchkit.authoring.write_jsonl` does: it lints the objects it serialises, never parsing its
     own output back); `close` gives the file-level findings. Every method returns the findings of
-    that step, in order. Memory: an 8-byte digest and a line number per ``custom_id``.
+    that step, in order. Memory: the set of custom_ids, each with its first line number.
 
-    Args: as `lint_batch_file`.
+    Bodies: most files repeat one body shape (the same schema and options, only the messages'
+    text differs), so the findings of a body are remembered by everything but its model and its
+    plain role/content messages (the schema object itself when it is the very object of the
+    previous line, else its orjson bytes); bodies that do not fit that shape are linted in full.
+
+    Args: as `lint_batch_file`, plus ``check_ids``: False leaves the duplicate-custom_id check to
+    the caller (`batchkit.authoring.write_jsonl` raises on a repeated id itself).
     """
 
     def __init__(
@@ -922,6 +929,7 @@ class BatchFileLinter:
         endpoint: str | None = None,
         max_lines: int | None = None,
         max_bytes: int | None = None,
+        check_ids: bool = True,
     ) -> None:
         if target not in FILE_LIMITS:
             raise ValueError(f"unknown target {target!r}: use 'azure' or 'openai'")
@@ -936,7 +944,11 @@ class BatchFileLinter:
         self.first_url_line = 0
         self.first_model: str | None = None
         self.first_model_line = 0
-        self.seen: dict[bytes, int] = {}
+        self.seen: dict[str, int] = {}
+        self.check_ids = check_ids
+        self._body_cache: dict[tuple[Any, ...], tuple[Finding, ...]] = {}
+        self._last_body: tuple[Any, ...] | None = None
+        self._last_raw: tuple[Any, ...] | None = None
         self.requests = 0
         self.total_bytes = 0
         self.too_big = self.too_many = False
@@ -972,8 +984,63 @@ class BatchFileLinter:
                 f"Split the file into files of at most {self.limit_lines:,} requests.",
             ))
 
-    def feed(self, raw: bytes) -> list[Finding]:
+    def feed(self, raw: bytes) -> Sequence[Finding]:
         """Lint the next physical line of the file (bytes, with or without its line ending)."""
+        # The common line: a well-formed request whose every parameter but the messages' text is
+        # byte for byte the previous line's. It is decoded into typed structs (msgspec) that keep
+        # each parameter as its raw JSON text, so comparing parameters is comparing bytes, and
+        # nothing is changed until every check passed; any doubt goes to the full path below.
+        line_no = self.line_no + 1
+        size = self.total_bytes + len(raw)
+        url_ok, model_ok = self._url_ok, self._model_ok
+        if (line_no > 1 and size <= self.limit_bytes and self.requests < self.limit_lines
+                and url_ok is not None and model_ok is not None and b"\\u" not in raw):
+            decoder = _FAST_DECODERS.get(url_ok[1])
+            try:
+                line = decoder.decode(raw) if decoder is not None else None
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                line = None
+            if (line is not None and line.custom_id and line.method == "POST" and line.url == url_ok[0]
+                    and line.body.model == model_ok):
+                found = self._raw_body_findings(line.body, raw, url_ok[1])
+                if found is not None and (not self.check_ids or self.seen.setdefault(line.custom_id, line_no) == line_no):
+                    self.line_no = line_no
+                    self.total_bytes = size
+                    self.requests += 1
+                    if not found:
+                        return ()
+                    return [replace(f, line=line_no, custom_id=line.custom_id,
+                                    path="body." + f.path if f.path else "body") for f in found]
+        return self._feed_full(raw)
+
+    def _raw_body_findings(self, body: Any, raw: bytes, api: str) -> tuple[Finding, ...] | None:
+        """The findings of a body decoded by `_FAST_DECODERS`, or None (then the full path runs):
+        from the previous line's when every parameter's raw text is the same, else linted once
+        (from the line parsed with orjson) and remembered."""
+        messages = body.messages if api == "chat" else body.input
+        if type(messages) is list:
+            if not messages:
+                return None
+            for message in messages:
+                if message.role not in _PLAIN_ROLES:
+                    return None
+        elif not messages:
+            return None
+        options = msgspec.structs.astuple(body)[2:]
+        last = self._last_raw
+        if last is not None and last[0] == api and last[1] == options:
+            return last[2]
+        try:
+            parsed = _loads(raw)["body"]
+        except (_JSONDecodeError, KeyError, TypeError):
+            return None
+        found = self._fast_body(parsed, api)
+        if found is None:
+            return None
+        self._last_raw = (api, options, found)
+        return found
+
+    def _feed_full(self, raw: bytes) -> list[Finding]:
         self.line_no += 1
         out = self._count(len(raw))
         if self.line_no == 1 and raw.startswith(_BOM):
@@ -1022,8 +1089,29 @@ class BatchFileLinter:
         self._check(obj, out)
         return out
 
-    def feed_object(self, obj: Any, size: int) -> list[Finding]:
+    def feed_object(self, obj: Any, size: int) -> Sequence[Finding]:
         """Lint the next line given as an object whose serialised line takes ``size`` bytes."""
+        # The common line, inline (as in `feed`): nothing changes until every check passed.
+        url_ok, model_ok = self._url_ok, self._model_ok
+        total = self.total_bytes + size
+        if (url_ok is not None and model_ok is not None and total <= self.limit_bytes
+                and self.requests < self.limit_lines and type(obj) is dict and len(obj) == 4):
+            try:  # four keys, these four: the line has exactly the line keys
+                cid, method, url, body = obj["custom_id"], obj["method"], obj["url"], obj["body"]
+            except KeyError:
+                cid = None
+            if (type(cid) is str and cid and method == "POST" and url == url_ok[0]
+                    and type(body) is dict and body.get("model") == model_ok):
+                found = self._fast_body(body, url_ok[1]) if url_ok[1] is not None else ()
+                line_no = self.line_no + 1
+                if found is not None and (not self.check_ids or self.seen.setdefault(cid, line_no) == line_no):
+                    self.line_no = line_no
+                    self.total_bytes = total
+                    self.requests += 1
+                    if not found:
+                        return ()
+                    return [replace(f, line=line_no, custom_id=cid, path="body." + f.path if f.path else "body")
+                            for f in found]
         self.line_no += 1
         out = self._count(size)
         self._count_request(out)
@@ -1092,9 +1180,8 @@ class BatchFileLinter:
                     f"custom_id must be a non-empty string, got {_kind(cid_val) if cid_val != '' else 'an empty string'}.",
                     "Use a unique string per line, e.g. \"task-0\".",
                 ))
-            else:
-                digest = _blake2b(cid_val.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                first = self.seen.setdefault(digest, self.line_no)
+            elif self.check_ids:
+                first = self.seen.setdefault(cid_val, self.line_no)
                 if first != self.line_no:
                     out.append(batch(
                         "duplicate_custom_id", "batch.duplicate_custom_id", "custom_id",
@@ -1115,7 +1202,8 @@ class BatchFileLinter:
         body_api = "chat"
         if "url" in obj:
             if self._url_ok is not None and url == self._url_ok[0]:
-                body_api = self._url_ok[1]
+                body_api = self._url_ok[1] or "chat"
+                check_body = self._url_ok[1] is not None
             elif not isinstance(url, str):
                 out.append(batch(
                     "invalid_request", "batch.url_type", "url",
@@ -1141,14 +1229,97 @@ class BatchFileLinter:
         if model is None or model != self._model_ok:
             self._check_model(model, cid, out)
         if check_body:
-            line_no = self.line_no
-            for f in lint_request_body(body, target=self.target, api=body_api):
-                out.append(replace(
-                    f,
-                    line=line_no,
-                    custom_id=cid,
-                    path="body." + f.path if f.path else "body",
-                ))
+            found = self._fast_body(body, body_api)
+            if found is None:
+                found = lint_request_body(body, target=self.target, api=body_api)
+            if found:
+                line_no = self.line_no
+                for f in found:
+                    out.append(replace(
+                        f,
+                        line=line_no,
+                        custom_id=cid,
+                        path="body." + f.path if f.path else "body",
+                    ))
+
+    def _fast_body(self, body: dict[str, Any], api: str) -> tuple[Finding, ...] | None:
+        """The body's findings from the cache, or None when the body must be linted in full.
+
+        The key is everything that can produce a finding: every parameter but ``model`` and the
+        messages, which qualify only as plain ``{role, content: str}`` pairs of the roles that
+        carry no further rule (their text matters to nothing but ``json_object``, excluded)."""
+        if api == "chat":
+            skip, fmt_key = "messages", "response_format"
+        else:
+            skip, fmt_key = "input", "text"
+        messages = body.get(skip)
+        if type(messages) is list and messages:
+            for message in messages:
+                if (type(message) is not dict or len(message) != 2 or type(message.get("content")) is not str
+                        or message.get("role") not in _PLAIN_ROLES):
+                    return None
+        elif not (api == "responses" and type(messages) is str and messages):
+            return None
+        last = self._last_body
+        # (the same length and every other key found among the previous body's: the same keys)
+        if last is not None and last[0] == api and len(body) == last[1]:
+            known, encoded = last[2], last[3]
+            for key, value in body.items():
+                if key == "model" or key == skip:
+                    continue
+                before = known.get(key, _ABSENT)
+                if before is value:
+                    continue
+                kind = type(value)
+                if kind in _SCALARS:
+                    if type(before) is kind and before == value:
+                        continue
+                    break
+                previous = encoded.get(key)
+                if previous is None:
+                    break
+                try:
+                    same = orjson.dumps(value) == previous
+                except (TypeError, orjson.JSONEncodeError):
+                    return None
+                if not same:
+                    break
+                known[key] = value  # the same content: the next line may share this very object
+            else:
+                return last[4]
+        if not body.keys() <= (CHAT_BODY_KEYS if api == "chat" else RESPONSES_BODY_KEYS):
+            return None
+        values: dict[str, Any] = {}
+        encoded = {}
+        parts: list[Any] = [api]
+        for key, value in body.items():
+            if key == "model" or key == skip:
+                continue
+            values[key] = value
+            kind = type(value)
+            if kind in _SCALARS:
+                parts.append((key, kind, value))
+                continue
+            try:
+                data = orjson.dumps(value)
+            except (TypeError, orjson.JSONEncodeError):
+                return None
+            if key == fmt_key and type(value) is dict and (value.get("type") == "json_object" or (
+                    type(value.get("format")) is dict and value["format"].get("type") == "json_object")):
+                return None  # its rule reads the messages' text
+            encoded[key] = data
+            parts.append((key, data))
+        key = tuple(parts)
+        try:
+            found = self._body_cache.get(key)
+        except TypeError:
+            return None
+        if found is None:
+            found = tuple(lint_request_body(body, target=self.target, api=api))
+            if len(self._body_cache) < 256:
+                self._body_cache[key] = found
+        self._last_body = (api, len(body), values, encoded, found)
+        return found
 
     def _check_url(self, url: str, cid: str | None, out: list[Finding]) -> tuple[bool, str]:
         batch = self._batch
@@ -1184,7 +1355,7 @@ class BatchFileLinter:
                     cid=cid, severity="warning",
                 ))
             elif len(out) == found:
-                self._url_ok = (url, body_api)
+                self._url_ok = (url, body_api if check_body else None)
         elif norm != self.first_url:
             out.append(batch(
                 "url_mismatch", "batch.url_not_same", "url",
@@ -1194,7 +1365,7 @@ class BatchFileLinter:
                 cid=cid,
             ))
         elif self._url_ok is None:
-            self._url_ok = (url, body_api)
+            self._url_ok = (url, body_api if check_body else None)
         if any(f.code == "url_mismatch" for f in out[found:]):
             check_body = False  # which API the body is for is unclear; the batch fails anyway
         return check_body, body_api
@@ -1249,10 +1420,33 @@ class BatchFileLinter:
             self._model_ok = model
 
 
+class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: str
+
+
+def _fast_decoder(keys: frozenset[str], messages: str, kind: Any) -> Any:
+    """A msgspec decoder of one request line whose body holds `messages` of `kind`, a ``model``
+    string and any other parameter of `keys` as raw JSON text. Anything else (an unknown key,
+    a message that is not plain role + text content) fails to decode: the full path decides."""
+    options = sorted(keys - {"model", messages})
+    body = msgspec.defstruct(
+        "Body", [("model", str), (messages, kind), *[(name, msgspec.Raw, msgspec.UNSET) for name in options]],
+        forbid_unknown_fields=True,
+    )
+    line = msgspec.defstruct("Line", [("custom_id", str), ("method", str), ("url", str), ("body", body)],
+                             forbid_unknown_fields=True)
+    return msgspec.json.Decoder(line)
+
+
 _INVALID = object()
 _SURROGATE = object()
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+_ABSENT = object()
+_PLAIN_ROLES = frozenset({"system", "user", "assistant", "developer"})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _LINE_KEY_SET = frozenset(_LINE_KEYS)
-_blake2b = hashlib.blake2b
 
 
 def _parse_slowly(stripped: bytes) -> Any:
@@ -1300,10 +1494,17 @@ def lint_batch_file(
     linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint,
                              max_lines=max_lines, max_bytes=max_bytes)
     feed = linter.feed
-    for raw in _iter_lines(source):
-        found = feed(raw)
-        if found:
-            yield from found
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            for raw in handle:
+                found = feed(raw)
+                if found:
+                    yield from found
+    else:
+        for raw in _iter_lines(source):
+            found = feed(raw)
+            if found:
+                yield from found
     yield from linter.close()
 
 
@@ -1493,3 +1694,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{where}: {f.severity} {f.code}{path}: {f.message}")
     print(f"{args.file}: {errors} error(s), {warnings} warning(s) (target {args.target})", file=sys.stderr)
     return 1 if errors else 0
+
+
+#: Line decoders of the lint's fast path, by API (built once, at import: pure data, no I/O).
+_FAST_DECODERS: dict[str, Any] = {
+    "chat": _fast_decoder(CHAT_BODY_KEYS, "messages", list[_PlainMessage]),
+    "responses": _fast_decoder(RESPONSES_BODY_KEYS, "input", str | list[_PlainMessage]),
+}

@@ -173,3 +173,37 @@ def test_live_model_per_backend() -> None:
     assert openai_.live_model() == "gpt-4o-mini"  # OpenAI models answer live calls too
     assert azure.live_model() is None  # a Global Batch deployment refuses live calls
     assert azure.live_model("my-standard") == "my-standard" and local.live_model("x") == "x"
+
+
+def test_write_jsonl_streams_an_iterator_and_refuses_repeated_ids_with_the_lint_on(tmp_path: Path) -> None:
+    rows = pd.DataFrame({"custom_id": [f"r{i}" for i in range(50)], "prompt": [f"about {i}" for i in range(50)]})
+    lines = authoring.iter_requests(rows, system=SYSTEM, schema=SCHEMA, model="m")
+    assert not isinstance(lines, list)
+    path = authoring.write_jsonl(lines, tmp_path / "it.jsonl")
+    assert [line["custom_id"] for line in authoring.read_jsonl(path)] == list(rows["custom_id"])
+    twice = authoring.build_requests(rows.iloc[:3], system=SYSTEM, schema=SCHEMA, model="m")
+    twice.append(dict(twice[1]))
+    with pytest.raises(AuthoringError, match="'r1' is used by rows 1 and 3"):
+        authoring.write_jsonl(twice, tmp_path / "twice.jsonl")
+    assert not (tmp_path / "twice.jsonl").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["it.jsonl"]
+    with pytest.raises(AuthoringError, match="'r0' is used by rows 0 and 2"):
+        authoring.build_requests(pd.DataFrame({"custom_id": ["r0", "r1", "r0"], "prompt": ["a", "b", "c"]}),
+                                 system=SYSTEM, schema=SCHEMA, model="m")
+
+
+def test_templates_read_only_their_columns_and_name_bad_rows() -> None:
+    rows = pd.DataFrame({"review_id": [7, 8], "product": ["kettle", "toaster"], "review": ["Great", None]})
+    lines = authoring.build_requests(rows.iloc[:1], system=SYSTEM, schema=SCHEMA, model="m", id_column="review_id",
+                                     template="Review of {product!r}: {review:>6}")
+    assert lines[0]["custom_id"] == "7"
+    assert lines[0]["body"]["messages"][1]["content"] == "Review of 'kettle':  Great"
+    with pytest.raises(AuthoringError, match=r"Row 1 \(8\): the prompt is empty"):
+        authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m", id_column="review_id",
+                                 prompt_column="review")
+    with pytest.raises(AuthoringError, match=r"no column 'prompt' \(columns: review_id, product, review\)"):
+        authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m", id_column="review_id")
+    with pytest.raises(AuthoringError, match=r"names 'title', which is not a column \(columns: review_id, product, review\)"):
+        authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m", template="{title}")
+    with pytest.raises(AuthoringError, match=r"Row 1: the 'review_id' column is empty"):
+        authoring.build_requests(pd.DataFrame({"review_id": ["a", None], "prompt": ["x", "y"]}), system=SYSTEM,
+                                 schema=SCHEMA, model="m", id_column="review_id")
