@@ -120,6 +120,8 @@ def _body_texts(body: Mapping[str, Any]) -> tuple[list[str], int]:
                     continue
                 overhead += TOKENS_PER_MESSAGE
                 content = item.get("content")
+                if isinstance(item.get("role"), str):  # the role counts, as in a chat message
+                    texts.append(item["role"])
                 if isinstance(content, str):
                     texts.append(content)
                 elif isinstance(content, list):

@@ -13,7 +13,7 @@ of the ``llama`` group, as long as they exist and no bench module has taken thei
 
     python -m benchmarks                 # everything, full sizes
     python -m benchmarks --quick         # small sizes (a check that every benchmark runs)
-    python -m benchmarks --only parse    # one group (repeatable)
+    python -m benchmarks --only parse    # one group (repeatable); the other groups' tables stay
     python -m benchmarks --no-write      # print only
 """
 
@@ -64,10 +64,11 @@ def _legacy_rows(name: str, group: str, quick: bool) -> list[dict[str, Any]]:
             rate = r.get("requests_per_s")
             rows.append(row(group, f"engine: {r.get('engine')}", ours_s=r.get("median_s"),
                             baseline="llama, no grammar" if base else "", baseline_s=base and base.get("median_s"),
+                            unit="time ratio (median s/request)",
                             notes=f"{rate} requests/s, {r.get('completion_tokens_per_request')} completion "
                                   "tokens/request (engine_throughput.py)"))
     else:
-        items = data if isinstance(data, list) else data.get("rows", [])
+        items = data if isinstance(data, list) else data.get("buildings", data.get("rows", []))
         by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in items:
             if isinstance(r, dict) and "model" in r:
@@ -75,9 +76,11 @@ def _legacy_rows(name: str, group: str, quick: bool) -> list[dict[str, Any]]:
         for (model, hint), group_rows in by_key.items():
             seconds = sorted(float(r.get("seconds", 0)) for r in group_rows)
             valid = sum(1 for r in group_rows if r.get("valid", r.get("schema_valid")))
+            right = sum(int(r.get("fields_right") or 0) for r in group_rows)
             rows.append(row(group, f"model {model}, schema hint {hint}", ours_s=seconds[len(seconds) // 2],
-                            baseline="", baseline_s=None,
-                            notes=f"{valid}/{len(group_rows)} schema-valid answers (compare_models.py)"))
+                            baseline="", baseline_s=None, unit="median s/request",
+                            notes=f"{valid}/{len(group_rows)} schema-valid answers, {right} fields right "
+                                  "(compare_models.py)"))
     return rows
 
 
@@ -160,8 +163,27 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{memory}{load}"
 
 
-def generated_section(rows: list[dict[str, Any]], failures: list[str], command: str, machine: str) -> str:
-    """The text between the markers: the run's facts and one table per group."""
+def _old_groups(path: Path) -> dict[str, str]:
+    """The group tables of the generated section already in the file (``### group`` blocks)."""
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        return {}
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    blocks: dict[str, str] = {}
+    for part in section.split("\n### ")[1:]:
+        name, _, body = part.partition("\n")
+        if name.startswith("Benchmarks that failed"):
+            continue
+        blocks[name.strip()] = body.strip("\n")
+    return blocks
+
+
+def generated_section(rows: list[dict[str, Any]], failures: list[str], command: str, machine: str,
+                      *, keep: dict[str, str] | None = None) -> str:
+    """The text between the markers: the run's facts and one table per group. With `keep`
+    (``--only``), the tables of the other groups from the previous run stay, marked as such."""
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         BEGIN,
@@ -179,6 +201,10 @@ def generated_section(rows: list[dict[str, Any]], failures: list[str], command: 
         groups.setdefault(item["group"], []).append(item)
     for group, items in groups.items():
         lines += [f"### {group}", "", markdown_table(items), ""]
+    for group, body in (keep or {}).items():
+        if group not in groups:
+            note = "" if "(from an earlier run" in body else "(from an earlier run: not re-run by this command)\n\n"
+            lines += [f"### {group}", "", note + body, ""]
     if failures:
         lines += ["### Benchmarks that failed in this run", ""] + [f"- {f}" for f in failures] + [""]
     lines.append(END)
@@ -209,11 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, failures = run_all(quick=args.quick, only=args.only)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
         f" --only {g}" for g in args.only or [])
-    section = generated_section(rows, failures, command, machine)
+    keep = _old_groups(DOC) if args.only else None
+    section = generated_section(rows, failures, command, machine, keep=keep)
     print(section)
     if not args.no_write:
-        if args.only:
-            print("(--only: docs/performance.md is rewritten with these groups only)", file=sys.stderr)
         write_doc(section)
     return 1 if failures else 0
 

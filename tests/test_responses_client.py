@@ -315,3 +315,14 @@ def test_try_live_sends_a_responses_body_with_the_sdk(fast_service: Any) -> None
 
     answer = json.loads(text)
     assert set(answer) == {"BuildingName", "HeightInFeet"} and isinstance(answer["HeightInFeet"], int)
+
+
+def test_estimates_count_a_responses_body_like_its_chat_twin() -> None:
+    from batchkit.estimate import count_body_tokens, estimate_batch
+
+    chat = authoring.build_requests(rows(), system=SYSTEM, schema=SCHEMA, model="gpt-4o-batch", max_tokens=300)
+    resp = responses_lines(max_tokens=300)
+    for a, b in zip(chat, resp):
+        assert count_body_tokens(a["body"]) == count_body_tokens(b["body"]) > 40
+    est_chat, est_resp = estimate_batch(chat), estimate_batch(resp)
+    assert est_resp.input_tokens == est_chat.input_tokens and est_resp.output_max == est_chat.output_max == 900
