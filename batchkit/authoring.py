@@ -602,10 +602,15 @@ def write_jsonl(
                 try:
                     data = _dumps_line(line)
                 except (TypeError, orjson.JSONEncodeError) as exc:
-                    if linter is not None and _unencodable(exc, index, line):
-                        errors.extend(linter.unencodable())
-                        continue
-                    raise
+                    if not _unencodable(exc, index, line):
+                        raise
+                    if linter is None:
+                        raise AuthoringError(
+                            f"Request {index} ({custom_id}) holds an unpaired UTF-16 surrogate (often text cut "
+                            "in the middle of an emoji), which JSON in UTF-8 cannot carry; fix that text.",
+                            custom_id=custom_id, row=index) from None
+                    errors.extend(linter.unencodable())
+                    continue
                 if feed is not None:
                     found = feed(line, len(data) + 1)
                     if found:

@@ -207,3 +207,17 @@ def test_templates_read_only_their_columns_and_name_bad_rows() -> None:
     with pytest.raises(AuthoringError, match=r"Row 1: the 'review_id' column is empty"):
         authoring.build_requests(pd.DataFrame({"review_id": ["a", None], "prompt": ["x", "y"]}), system=SYSTEM,
                                  schema=SCHEMA, model="m", id_column="review_id")
+
+
+def test_a_lone_surrogate_is_a_finding_on_its_line_not_a_crash(tmp_path: Path) -> None:
+    rows = [{"custom_id": "a", "prompt": "fine"}, {"custom_id": "b", "prompt": "cut \ud83d"}]
+    lines = authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m")
+    with pytest.raises(LintError) as info:
+        authoring.write_jsonl(lines, tmp_path / "s.jsonl")
+    assert [(f.line, f.rule) for f in info.value.findings] == [(2, "batch.unpaired_surrogate")]
+    assert [(f.line, f.rule) for f in authoring.lint_requests(lines)] == [(2, "batch.unpaired_surrogate")]
+    with pytest.raises(AuthoringError, match=r"Request 1 \(b\) holds an unpaired UTF-16 surrogate"):
+        authoring.write_jsonl(lines, tmp_path / "s.jsonl", check=False)
+    with pytest.raises(AuthoringError, match="cannot be written as JSON"):
+        authoring.write_jsonl([{"custom_id": "x", "body": {"when": object()}}], tmp_path / "o.jsonl", check=False)
+    assert not list(tmp_path.iterdir())
