@@ -93,3 +93,32 @@ def field_scores(custom_id: str, content: str | None) -> dict[str, bool]:
         "City": any(str(answer.get("City", "")).strip().lower().rstrip(".,").startswith(c) for c in cities),
         "Country": country in countries,
     }
+
+
+# Fifty more prompts for the same schema: 25 structures, each asked two ways. Generated, not
+# sampled, so every run sends the same requests in the same order.
+_STRUCTURES = (
+    "Taipei 101", "the Petronas Towers", "the Willis Tower", "One World Trade Center", "the Chrysler Building",
+    "the CN Tower", "the Eiffel Tower", "the Shanghai Tower", "the Lotte World Tower", "the Abraj Al-Bait Clock Tower",
+    "the Ping An Finance Centre", "Merdeka 118", "the Lakhta Center", "the Tokyo Skytree", "the Canton Tower",
+    "the Jin Mao Tower", "the International Commerce Centre in Hong Kong", "the Gherkin in London",
+    "the Transamerica Pyramid", "the Space Needle", "Central Park Tower", "the Q1 tower on the Gold Coast",
+    "the Commerzbank Tower in Frankfurt", "the Torre Latinoamericana", "the Ostankino Tower",
+)
+_ASKS = ("Provide info about {}", "How tall is {}, and in which city and country does it stand?")
+
+
+def generated_prompts() -> list[tuple[str, str]]:
+    """``(custom_id, user prompt)`` for the 50 generated requests (structure-major order)."""
+    return [
+        (f"gen-{2 * i + j:02d}", ask.format(name))
+        for i, name in enumerate(_STRUCTURES)
+        for j, ask in enumerate(_ASKS)
+    ]
+
+
+def prompt_body(prompt: str) -> dict[str, Any]:
+    """The walkthrough's strict-schema Chat Completions body with another user prompt."""
+    body = request_body("shard")
+    body["messages"][1]["content"] = prompt
+    return body

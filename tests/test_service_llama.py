@@ -79,8 +79,7 @@ def test_seed_walkthrough_sequence_on_the_default_engine(llama_service: Any, tmp
         jsonschema.validate(content, SEED_SCHEMA)
         assert list(content) == list(SEED_FIELDS)
     assert seen == {"task-0", "task-1", "task-2"}
-    print(f"seed sequence on the default engine: {elapsed:.1f} s")
-    assert elapsed < 60, f"the seed sequence took {elapsed:.0f} s (target: under a minute)"
+    print(f"seed sequence on the default engine: {elapsed:.1f} s")  # speed: benchmarks/bench_llama.py
 
     # The seed ends by showing a cancel and the list of batches.
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status 'completed'"):

@@ -24,6 +24,9 @@ _OPTIONS: dict[str, frozenset[str]] = {
             "seed",
             "temperature",
             "schema_in_prompt",
+            "compact_json",
+            "prompt_cache",
+            "parallel",
             "concurrency",
         }
     ),
@@ -43,7 +46,9 @@ def create_engine(name: str, **options: Any) -> Engine:
         **options: engine settings; options whose value is None are ignored, so a caller can pass
             its whole configuration.
             llama: ``model_path``, ``n_ctx``, ``max_tokens_cap``, ``threads``, ``chat_template``,
-            ``seed``, ``temperature``, ``schema_in_prompt`` (``concurrency`` is accepted and ignored: one request at a time).
+            ``seed``, ``temperature``, ``schema_in_prompt``, ``compact_json``, ``prompt_cache``,
+            ``parallel`` (``concurrency`` is accepted and ignored: ``parallel`` sets how many
+            requests run at once).
             synthetic: ``concurrency``, ``max_tokens_cap``.
             forward: ``forward_url`` (required), ``forward_api_key`` (default: the environment
             variable ``LOCALBATCH_FORWARD_API_KEY``), ``forward_model``,
@@ -64,7 +69,7 @@ def create_engine(name: str, **options: Any) -> Engine:
     if name == "llama":
         from .llama import LlamaEngine
 
-        given.pop("concurrency", None)  # llama.cpp answers one request at a time (determinism)
+        given.pop("concurrency", None)  # the engine's own ``parallel`` decides (llama.cpp slots)
         return LlamaEngine(**given)
     if name == "synthetic":
         from .synthetic import SyntheticEngine

