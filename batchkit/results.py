@@ -399,9 +399,13 @@ _Verdict = tuple  # (outcome, error, finish_reason, status_code, prompt, complet
 
 
 class _FastUsage(msgspec.Struct):
+    """Chat usage (prompt/completion tokens) or Responses usage (input/output tokens)."""
+
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class _FastMessage(msgspec.Struct):
@@ -414,9 +418,40 @@ class _FastChoice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _FastPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+
+
+class _FastItem(msgspec.Struct):
+    type: str
+    content: list[_FastPart] | None = None
+
+
 class _FastBody(msgspec.Struct):
-    choices: list[_FastChoice]
+    """A chat completion (``choices``) or a Responses body (``status``, ``output``)."""
+
+    choices: list[_FastChoice] | None = None
     usage: _FastUsage | None = None
+    status: str | None = None
+    output: list[_FastItem] | None = None
+
+
+def _fast_responses_text(body: _FastBody) -> str | None:
+    """The joined output_text of a completed Responses body with no refusal, else None."""
+    if body.status != "completed" or not body.output:
+        return None
+    texts = []
+    for item in body.output:
+        if item.type != "message" or item.content is None:
+            continue
+        for part in item.content:
+            if part.type == "output_text" and part.text is not None:
+                texts.append(part.text)
+            elif part.type == "refusal":
+                return None
+    return "".join(texts) if texts else None
 
 
 class _FastResponse(msgspec.Struct):
@@ -429,9 +464,9 @@ class _FastLine(msgspec.Struct):
     response: _FastResponse | None = None
 
 
-#: Decodes an output line's custom_id and the parts of a chat completion an answer needs.
+#: Decodes an output line's custom_id and the parts of a chat completion or a Responses body
+#: an answer needs.
 _FAST_LINE = msgspec.json.Decoder(_FastLine)
-
 
 def _check_content(content: Any, check: Callable[[Any], str | None] | None) -> tuple[str, str | None, Any]:
     if type(content) is not str:
@@ -613,7 +648,24 @@ class _Collector:
                     response = quick.response
                     if response is not None and response.status_code == 200:
                         choices = response.body.choices
-                        if choices:
+                        if choices is None and response.body.output is not None:
+                            text = _fast_responses_text(response.body)
+                            if text is not None:
+                                try:
+                                    values = loads(text)
+                                except JSONDecodeError:
+                                    values = None
+                                if type(values) is dict and (is_valid is None or is_valid(values)):
+                                    usage = response.body.usage
+                                    if usage is None:
+                                        rows_append((quick.custom_id, "ok", None, "completed", 200, None, None,
+                                                     None, values, number))
+                                    else:
+                                        rows_append((quick.custom_id, "ok", None, "completed", 200,
+                                                     usage.input_tokens, usage.output_tokens, usage.total_tokens,
+                                                     values, number))
+                                    continue
+                        elif choices:
                             choice = choices[0]
                             message = choice.message
                             content = message.content

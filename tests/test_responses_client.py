@@ -326,3 +326,19 @@ def test_estimates_count_a_responses_body_like_its_chat_twin() -> None:
         assert count_body_tokens(a["body"]) == count_body_tokens(b["body"]) > 40
     est_chat, est_resp = estimate_batch(chat), estimate_batch(resp)
     assert est_resp.input_tokens == est_chat.input_tokens and est_resp.output_max == est_chat.output_max == 900
+
+
+def test_streamed_responses_lines_give_the_same_table_as_parsed_ones() -> None:
+    import orjson
+
+    lines = responses_lines()
+    bodies = [response(), response(parts=[{"type": "refusal", "refusal": "No."}]),
+              response(parts=[{"type": "output_text", "text": '{"BuildingName": "A", "HeightInFeet": "tall"}',
+                               "annotations": []}])]
+    results = [line(f"task-{i}", body) for i, body in enumerate(bodies)]
+    fmt = lines[0]["body"]["text"]["format"]
+    from_dicts = parse_results(results, inputs=lines, schema=fmt)
+    from_bytes = parse_results(b"".join(orjson.dumps(r) + b"\n" for r in results), inputs=lines, schema=fmt)
+    pd.testing.assert_frame_equal(from_dicts, from_bytes)
+    assert list(from_bytes["outcome"]) == ["ok", "refusal", "invalid"]
+    assert list(from_bytes["prompt_tokens"]) == [40, 40, 40] and from_bytes.loc[0, "finish_reason"] == "completed"
