@@ -5,6 +5,7 @@ The notebooks use these steps, each a small function in its own module:
 * `batchkit.config.connect` - pick the backend from `.env` and build the client;
 * `batchkit.authoring` - rows + system message + schema -> request lines -> JSONL file;
 * `batchkit.jobs` - upload, wait for the file, create, poll with progress, cancel, list;
+* `batchkit.run` - the run: a durable job (manifest, split, submit once, poll, verified download, retry);
 * `batchkit.results` - download output and error files -> one DataFrame row per request.
 
 Names are imported lazily on first use, so `import batchkit` has no side effects and stays fast.
@@ -31,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "cancel_batch": "batchkit.jobs",
     "list_batches": "batchkit.jobs",
     "download_results": "batchkit.results",
+    "Run": "batchkit.run",
+    "Limits": "batchkit.run",
     "parse_results": "batchkit.results",
 }
 

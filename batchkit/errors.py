@@ -45,6 +45,30 @@ class PollTimeout(JobError):
     """Polling gave up before the file or batch reached a terminal status."""
 
 
+class ServiceUnreachable(JobError):
+    """The service did not answer for longer than the outage budget; the batch keeps running there."""
+
+
+class DownloadError(JobError):
+    """A result file came back short or inconsistent with its file object and the batch's counts."""
+
+
+class RunError(BatchkitError):
+    """A run cannot be opened, advanced or read; carries the run id."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunNotFinished(RunError):
+    """The run's batches are not all in a terminal status (and partial results were not asked for)."""
+
+
+class RunFailed(RunError):
+    """A batch of the run failed validation, or more rows stayed unresolved than allowed."""
+
+
 class ResultsError(BatchkitError):
     """Result files cannot be read or joined back to the input rows."""
 

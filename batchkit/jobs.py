@@ -3,6 +3,10 @@
 One poll loop (`poll`) serves both the file (`wait_for_file`) and the batch (`poll_batch`): an explicit
 set of terminal statuses, an interval that grows by `backoff` up to `max_interval` (or follows the
 server's `openai-poll-after-ms` hint), an overall `timeout`, and `sleep`/`clock` that tests replace.
+
+Every call to the service can go through a `Resilient` caller, which rides out an outage (connection
+errors, timeouts, 429 with its `retry-after`, 5xx) with capped backoff for up to an outage budget
+(default 15 minutes) and then raises `ServiceUnreachable` naming the batch and how to resume.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from batchkit.errors import JobError, LintError, PollTimeout
+from batchkit.errors import JobError, LintError, PollTimeout, ServiceUnreachable
 from batchkit.progress import Reporter, make_reporter
 
 T = TypeVar("T")
@@ -37,6 +41,143 @@ TIMESTAMP_FIELDS: tuple[str, ...] = (
     "cancelled_at",
     "expires_at",
 )
+
+
+#: HTTP statuses that mean "the service is briefly unable", worth waiting out (as the SDK retries them).
+RETRY_STATUSES: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: The default outage budget: how long a call keeps retrying a service that does not answer (seconds).
+DEFAULT_OUTAGE_BUDGET = 15 * 60.0
+
+
+def transient_error(exc: BaseException) -> tuple[bool, float | None]:
+    """Whether `exc` is worth retrying (connection error, timeout, 408/409/429/5xx), and the server's
+    `retry-after` (or `retry-after-ms`) hint in seconds when it sent one."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True, None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in RETRY_STATUSES or status >= 500:
+            return True, _retry_after(exc.response.headers if exc.response is not None else None)
+    return False, None
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            import email.utils
+
+            parsed = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
+            if parsed is None:
+                continue
+            seconds = parsed.timestamp() - time.time()
+        return max(seconds, 0.0)
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a failed call: the class, the HTTP status if any, the message."""
+    status = getattr(exc, "status_code", None)
+    text = str(getattr(exc, "message", None) or exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}: {text[:160]}"
+
+
+class Resilient:
+    """Calls the service and rides out outages: retries transient errors with capped backoff.
+
+    An outage starts at the first failed call and ends at the next successful one. Within it, waits
+    grow from `first_wait` by `factor` up to `max_wait` seconds; a 429's `retry-after` is honoured.
+    When the outage has lasted `budget` seconds, `ServiceUnreachable` is raised (carrying the batch
+    id given to `call`). `on_wait(what, outage_seconds, next_wait, error_text)` is told about each
+    retry (progress displays show it); `sleep` and `clock` are replaceable for tests.
+    """
+
+    def __init__(
+        self,
+        budget: float = DEFAULT_OUTAGE_BUDGET,
+        *,
+        first_wait: float = 1.0,
+        max_wait: float = 30.0,
+        factor: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_wait: Callable[[str, float, float, str], None] | None = None,
+        endpoint: str = "the service",
+    ) -> None:
+        if budget < 0 or first_wait <= 0 or max_wait <= 0 or factor < 1:
+            raise ValueError("budget must be >= 0, first_wait and max_wait > 0, factor >= 1")
+        self.budget = budget
+        self.first_wait = first_wait
+        self.max_wait = max_wait
+        self.factor = factor
+        self.sleep = sleep
+        self.clock = clock
+        self.on_wait = on_wait
+        self.endpoint = endpoint
+        #: Retries made so far (all outages), for reports and tests.
+        self.retries = 0
+        #: The longest outage ridden out so far, in seconds.
+        self.longest_outage = 0.0
+
+    def call(self, fn: Callable[[], T], *, what: str, batch_id: str | None = None, resume: str | None = None) -> T:
+        """`fn()`, retried through transient errors for up to the outage budget.
+
+        Args:
+            fn: the call to make (no arguments).
+            what: what the call does, for messages ("retrieve batch_...").
+            batch_id: the batch concerned, named in the error when the budget runs out.
+            resume: how to resume, appended to that error (default: run the notebook again).
+
+        Raises:
+            ServiceUnreachable: the budget ran out; the last error is its `__cause__`.
+            Any non-transient error of `fn` at once (a 400, 401, 404, ...).
+        """
+        started: float | None = None
+        wait = self.first_wait
+        tries = 0
+        while True:
+            try:
+                result = fn()
+            except Exception as exc:
+                retry, hint = transient_error(exc)
+                if not retry:
+                    raise
+                now = self.clock()
+                started = now if started is None else started
+                tries += 1
+                outage = now - started
+                left = self.budget - outage
+                if left <= 0:
+                    self.longest_outage = max(self.longest_outage, outage)
+                    raise ServiceUnreachable(self._message(what, outage, tries, exc, batch_id, resume),
+                                             batch_id=batch_id) from exc
+                delay = min(hint if hint is not None else wait, left)
+                self.retries += 1
+                if self.on_wait is not None:
+                    self.on_wait(what, outage, delay, describe_error(exc))
+                self.sleep(delay)
+                wait = min(wait * self.factor, self.max_wait)
+                continue
+            if started is not None:
+                self.longest_outage = max(self.longest_outage, self.clock() - started)
+            return result
+
+    def _message(self, what: str, outage: float, tries: int, exc: BaseException, batch_id: str | None,
+                 resume: str | None) -> str:
+        subject = f"Batch {batch_id} keeps running on the service; nothing is lost. " if batch_id else ""
+        return (
+            f"{self.endpoint} did not answer ({what}) for {outage:.0f}s, {tries} tries, outage budget "
+            f"{self.budget:.0f}s; last error {describe_error(exc)}. {subject}"
+            f"{resume or 'When the service is back, run this notebook again with the same parameters to resume.'}"
+        )
 
 
 def poll(
@@ -206,6 +347,7 @@ def poll_batch(
     max_interval: float = 60.0,
     backoff: float = 1.5,
     timeout: float | None = 24 * 3600.0,
+    outage_budget: float = DEFAULT_OUTAGE_BUDGET,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     progress: str | Reporter | None = "auto",
@@ -217,14 +359,20 @@ def poll_batch(
         batch_id: the batch to follow.
         interval, max_interval, backoff: first wait, cap and growth factor (a server hint wins).
         timeout: overall limit in seconds; `PollTimeout` (carrying `batch_id`) when it passes.
+        outage_budget: how long to keep retrying while the service does not answer (connection
+            errors, timeouts, 429, 5xx), per outage; then `ServiceUnreachable` naming the batch.
         sleep, clock: replaceable for tests.
         progress: "auto" (a widget in Jupyter, one line per change otherwise), "widget", "text",
-            None for silence, or an object with `update(batch, elapsed)` and `close()`.
+            None for silence, or an object with `update(batch, elapsed)` and `close()` (and
+            optionally `outage(text)`, told about each retry).
     """
     reporter = make_reporter(progress)
+    caller = Resilient(outage_budget, sleep=sleep, clock=clock, on_wait=_outage_notice(reporter),
+                       endpoint=_endpoint_name(client))
 
     def fetch() -> tuple[Any, float | None]:
-        raw = client.batches.with_raw_response.retrieve(batch_id)
+        raw = caller.call(lambda: client.batches.with_raw_response.retrieve(batch_id),
+                          what=f"retrieve {batch_id}", batch_id=batch_id)
         return raw.parse(), _hint_seconds(raw.headers)
 
     try:
@@ -245,6 +393,24 @@ def poll_batch(
     finally:
         if reporter is not None:
             reporter.close()
+
+
+def _outage_notice(reporter: Any) -> Callable[[str, float, float, str], None] | None:
+    """An `on_wait` callback that shows a retry on `reporter` (if it has an `outage` method)."""
+    show = getattr(reporter, "outage", None)
+    if show is None:
+        return None
+
+    def notice(what: str, outage: float, wait: float, error: str) -> None:
+        show(f"service not answering for {outage:.0f}s ({error}); retrying {what} in {wait:.0f}s")
+
+    return notice
+
+
+def _endpoint_name(client: Any) -> str:
+    """`The service at <base url>` for messages (no key, no query string)."""
+    base = str(getattr(client, "base_url", "") or "").split("?")[0].rstrip("/")
+    return f"The service at {base}" if base else "The service"
 
 
 def cancel_batch(client: Any, batch_id: str) -> Any:
