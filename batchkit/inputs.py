@@ -5,6 +5,7 @@
 * `load_schema`: the schema parameter of notebook 01 -> a JSON schema dict or a pydantic model class:
   ``""`` (the buildings schema), a ``.json`` file, or ``package.module:ModelClass``.
 * `file_sha256`: the content hash that identifies an input file in a run.
+* `body_options`: notebook parameters such as `max_tokens` -> the extra body fields of every request.
 
 The prompts themselves are made by `authoring.build_requests` (a column or a template).
 """
@@ -210,3 +211,17 @@ def _load_model(spec: str) -> SchemaSource:
     if not (isinstance(target, type) and hasattr(target, "model_json_schema")):
         raise ConfigError(f"schema_path={spec!r} names a {type(target).__name__}, not a pydantic model class.")
     return SchemaSource(target, spec)
+
+
+def body_options(*, max_tokens: int = 0, temperature: float = -1.0) -> dict[str, Any]:
+    """The extra body fields notebook 01's parameters ask for: `max_tokens` above 0, `temperature` 0 or more.
+
+    Unset values (0 tokens, a negative temperature) are left out, so the service's defaults apply.
+    (`authoring.build_requests` names `max_tokens` `max_output_tokens` in Responses bodies.)
+    """
+    options: dict[str, Any] = {}
+    if max_tokens and max_tokens > 0:
+        options["max_tokens"] = int(max_tokens)
+    if temperature is not None and temperature >= 0:
+        options["temperature"] = float(temperature)
+    return options

@@ -283,6 +283,8 @@ class Run:
         limits: Limits | None = None,
         stem: str = "requests",
         metadata: Mapping[str, str] | None = None,
+        chunk_metadata: Mapping[int, Mapping[str, str]] | None = None,
+        retry_metadata: Mapping[str, str] | None = None,
         check: bool = True,
         make_current: bool = True,
         inputs_kind: str = "table",
@@ -306,7 +308,11 @@ class Run:
             target: the strict-schema and file-limit rules (``azure`` or ``openai``).
             limits: how to split and schedule; default `Limits.for_target(target)`.
             stem: the file name stem of the chunk files (``<stem>.jsonl`` or ``<stem>-001.jsonl``...).
-            metadata: more batch metadata (flat strings; at most 12 pairs besides the run's own).
+            metadata: more batch metadata for every batch (flat strings; at most 12 pairs besides
+                the run's own four).
+            chunk_metadata: metadata for the first attempt of a chunk (by chunk number, from 1),
+                over `metadata`.
+            retry_metadata: metadata for follow-up attempts, over `metadata`.
             check: lint each chunk file and refuse the run when a line would fail (`LintError`).
             make_current: make this the current run of `out_dir` (what 02 and 03 open).
             inputs_kind: ``table`` (an input table) or ``requests`` (a ready JSONL file).
@@ -330,7 +336,10 @@ class Run:
         schema_sent = _schema_of_line(requests[0])
         original = dict(original_schema) if original_schema is not None else schema_sent
         extra = dict(metadata or {})
-        _check_metadata(extra)
+        per_chunk = {str(int(k)): dict(v) for k, v in (chunk_metadata or {}).items()}
+        follow_up = dict(retry_metadata or {})
+        for part in (extra, *per_chunk.values(), follow_up):
+            _check_metadata({**extra, **part})
         fingerprint = {
             "input table": table_sha[:16],
             "id column": _digest([id_column, ids_generated]),
@@ -338,7 +347,7 @@ class Run:
             "schema": _digest(original),
             "service": _digest(service),
             "limits": _digest(limits.as_dict()),
-            "batch metadata": _digest(extra),
+            "batch metadata": _digest([extra, per_chunk, follow_up]),
         }
         run_id = "run-" + _digest(fingerprint)[:12]
         folder = runs_dir(out_dir) / run_id
@@ -386,6 +395,8 @@ class Run:
                 "body_options": dict(body_options or {}),
                 "limits": limits.as_dict(),
                 "metadata": extra,
+                "chunk_metadata": per_chunk,
+                "retry_metadata": follow_up,
                 "needs_recovery": True,
                 "hold": False,
                 "chunks": [],
@@ -577,6 +588,13 @@ class Run:
         self.manifest["updated_at"] = _now_iso()
         atomic_write_json(self.manifest_path, self.manifest)
 
+    def _note_process(self) -> None:
+        """Log which process advances the run, when it is another one than last time (a resume)."""
+        text = f"advancing in process {os.getpid()}"
+        if not any(e["event"] == text for e in self.manifest.get("events", [])[-50:]):
+            self._event(text)
+            self.save()
+
     def _event(self, text: str) -> None:
         events = self.manifest.setdefault("events", [])
         events.append({"at": _now_iso(), "event": text})
@@ -670,6 +688,7 @@ class Run:
         delay = interval
         try:
             with self._locked():
+                self._note_process()
                 self._recover(client, caller)
                 while True:
                     self._refresh(client, caller)
@@ -750,8 +769,14 @@ class Run:
         return with_options(max_retries=0, timeout=60.0) if with_options else client
 
     def _metadata(self, chunk: Mapping[str, Any], attempt: Mapping[str, Any]) -> dict[str, str]:
-        return {**self.manifest.get("metadata", {}), META_RUN: self.id, META_CHUNK: str(chunk["chunk"]),
-                META_ATTEMPT: str(attempt["attempt"]), META_SHA: attempt["sha256"][:16]}
+        """The batch metadata of an attempt: the run's, the chunk's or the follow-ups', and the run's own keys."""
+        extra = dict(self.manifest.get("metadata", {}))
+        if attempt["attempt"] == 1:
+            extra.update(self.manifest.get("chunk_metadata", {}).get(str(chunk["chunk"]), {}))
+        else:
+            extra.update(self.manifest.get("retry_metadata", {}))
+        return {**extra, META_RUN: self.id, META_CHUNK: str(chunk["chunk"]), META_ATTEMPT: str(attempt["attempt"]),
+                META_SHA: attempt["sha256"][:16]}
 
     def _recover(self, client: Any, caller: Any) -> None:
         """Adopt batches and uploads of this run that the manifest does not record (lost manifest,
@@ -846,8 +871,7 @@ class Run:
             if attempt["stage"] != "submitted" or attempt.get("status") in TERMINAL:
                 continue
             batch_id = attempt["batch_id"]
-            batch = caller.call(lambda b=batch_id: client.batches.retrieve(b), what=f"retrieve {batch_id}",
-                                batch_id=batch_id)
+            batch = self._retrieve(client, caller, batch_id)
             before = (attempt.get("status"), json.dumps(attempt.get("request_counts")))
             _record_batch(attempt, batch)
             if attempt["status"] == "failed" and _quota_failure(attempt):
@@ -864,6 +888,19 @@ class Run:
                 changed = True
         if changed:
             self.save()
+
+    def _retrieve(self, client: Any, caller: Any, batch_id: str) -> Any:
+        """`batches.retrieve` through the outage handling; an unknown batch is a clear `RunError`."""
+        import openai
+
+        try:
+            return caller.call(lambda: client.batches.retrieve(batch_id), what=f"retrieve {batch_id}", batch_id=batch_id)
+        except openai.NotFoundError:
+            raise RunError(
+                f"Batch {batch_id} of run {self.id} is unknown to the service at {self.manifest['service']['endpoint']} "
+                "(was the service started afresh, with a new data folder?). Connect to the service that has it, or "
+                f"delete {_portable_path(self.folder)} and run notebook 01 again to start the run anew.",
+                run_id=self.id) from None
 
     def _download_finished(self, client: Any, caller: Any) -> None:
         """Download (verified) the result files of every terminal batch not downloaded yet."""
@@ -1040,11 +1077,20 @@ class Run:
                                    "run notebook 02 again to download it anew.", run_id=self.id)
                 setattr(files, target, parse_jsonl(data, source=f"{kind} file {info['file_id']}"))
         status = attempt.get("status") if _attempt_done(attempt) else None
-        frame = parse_results(files, inputs=ids, schema=self.sent_schema, batch_status=status)
+        frame = parse_results(files, inputs=ids, schema=self._checking_schema(), batch_status=status)
         if not _attempt_done(attempt):
             where = attempt.get("batch_id") or "not submitted yet"
             frame["error"] = f"no result yet (chunk batch {where}, {attempt.get('status') or _stage_word(attempt)})"
         return frame
+
+    def _checking_schema(self) -> dict[str, Any]:
+        """The schema answers are checked against: the original's constraints on the strict structure."""
+        cached = getattr(self, "_checker", None)
+        if cached is None:
+            from batchkit.schema import checking_schema
+
+            cached = self._checker = checking_schema(self.schema)
+        return cached
 
     def inputs_frame(self) -> pd.DataFrame:
         """The input table the run was built from (checked against its hash), with its id column.
@@ -1080,6 +1126,8 @@ class Run:
         Raises:
             RunNotFinished: some batch is not terminal or not downloaded, and not `allow_partial`.
         """
+        if not allow_partial:
+            self.raise_if_failed()
         if not self.finished and not allow_partial:
             raise RunNotFinished(
                 f"Run {self.id} is not finished: {self.summary()}. Run notebook 02 again with the same parameters "
@@ -1093,7 +1141,10 @@ class Run:
             frame["batch_id"] = attempt.get("batch_id")
             frame["_done"] = _attempt_done(attempt)
             parts.append(frame)
-        final = merge_attempts(pd.concat(parts, ignore_index=True))
+        answers = pd.concat(parts, ignore_index=True)
+        done = answers[answers["_done"]]
+        self._by_attempt = (done.groupby(["chunk", "attempt", "outcome"]).size().rename("rows").reset_index())
+        final = merge_attempts(answers)
         inputs = self.inputs_frame()
         id_column = "custom_id" if self.manifest["inputs"].get("ids_generated") else self.manifest["inputs"]["id_column"]
         base = inputs.rename(columns={id_column: "custom_id"})
@@ -1102,6 +1153,18 @@ class Run:
         table = base.merge(final, left_on="custom_id", right_index=True, how="left", validate="one_to_one")
         table["attempts"] = table["attempts"].astype("Int64")
         return table.reset_index(drop=True)
+
+    def outcomes_by_attempt(self) -> pd.DataFrame:
+        """Rows per chunk, attempt and outcome, over the finished attempts (columns chunk, attempt,
+        outcome, rows): how the outcomes changed from one attempt to the next."""
+        if getattr(self, "_by_attempt", None) is None:
+            self.results(allow_partial=True)
+        return self._by_attempt.copy()
+
+    def resumes(self) -> list[pd.Timestamp]:
+        """When another process than the one before took over advancing the run (UTC), from its log."""
+        stamps = [pd.Timestamp(e["at"]) for e in self.manifest.get("events", []) if e["event"].startswith("advancing in process")]
+        return stamps
 
     def summary(self) -> str:
         """Counts of the batches by status and of the requests done, in one line."""
@@ -1115,7 +1178,7 @@ class Run:
             done += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
             total += attempt["requests"]
         words = ", ".join(f"{n} {s}" for s, n in statuses.items())
-        return f"{done:,} of {total:,} requests done in the latest attempts; batches: {words}"
+        return f"{done:,} of {total:,} requests answered or failed in the latest attempts; batches: {words}"
 
     def progress_rows(self) -> list[dict[str, Any]]:
         """What a progress display shows: one dict per chunk attempt (status, counts, times)."""
@@ -1154,6 +1217,149 @@ class Run:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    # ----- for notebooks: reading a run ------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"Run({self.id}: {self.state}, {self.requests:,} request(s) in {len(self.chunks)} batch file(s))"
+
+    def headline(self) -> str:
+        """`Run run-…: 3 requests in 1 batch file, from data/buildings.csv; finished.`"""
+        source = self.manifest["inputs"]["path"]
+        return (f"Run {self.id}: {self.requests:,} request(s) in {len(self.chunks)} batch file(s), from {source}; "
+                f"{self.state}. {self.summary()}.")
+
+    @property
+    def fields(self) -> list[str]:
+        """The top-level fields of the run's schema, in schema order."""
+        return list((self.schema.get("properties") or {}).keys())
+
+    def option_changes(self, *, max_tokens: int = 0) -> dict[str, Any] | None:
+        """Body changes for follow-up attempts, named for the run's API (None when nothing changes).
+
+        `max_tokens` above 0 becomes ``max_tokens`` (Chat Completions) or ``max_output_tokens``
+        (Responses API).
+        """
+        if max_tokens <= 0:
+            return None
+        return {"max_output_tokens" if self.manifest.get("api") == "responses" else "max_tokens": int(max_tokens)}
+
+    def show_line(self, index: int = 0) -> None:
+        """Print request line `index` of the first batch file, indented for reading."""
+        lines = _read_lines(self.folder / self.chunks[0]["attempts"][0]["path"])
+        print(json.dumps(lines[index], indent=2, ensure_ascii=False))
+
+    def request_lines(self) -> list[dict[str, Any]]:
+        """Every request line of the run (first attempts), in input order."""
+        return [line for chunk in self.chunks for line in _read_lines(self.folder / chunk["attempts"][0]["path"])]
+
+    def output_lines(self) -> list[dict[str, Any]]:
+        """Every line of every downloaded output file (all attempts)."""
+        out: list[dict[str, Any]] = []
+        for _, attempt in self.attempts():
+            info = (attempt.get("results") or {}).get("output")
+            if info:
+                out.extend(_read_lines(self.folder / info["path"]))
+        return out
+
+    def downloads_frame(self) -> pd.DataFrame:
+        """One row per downloaded result file: chunk, attempt, kind, file id, bytes, lines, local file."""
+        rows = []
+        for chunk, attempt in self.attempts():
+            for kind, info in (attempt.get("results") or {}).items():
+                rows.append({"chunk": chunk["chunk"], "attempt": attempt["attempt"], "kind": kind,
+                             "file_id": info["file_id"], "bytes": info["bytes"], "lines": info["lines"],
+                             "saved as": info["path"], "verified": True})
+        return pd.DataFrame(rows, columns=["chunk", "attempt", "kind", "file_id", "bytes", "lines", "saved as", "verified"])
+
+    def next_step(self) -> str:
+        """What to do now, in a sentence, from the run's state."""
+        state = self.state
+        if state == "finished":
+            return f"All {sum(1 for _ in self.attempts())} batch(es) of {self.id} finished: run notebook 03 to read the results."
+        if state == "failed":
+            return "A batch failed validation: fix the input (see the errors above) and run notebook 01 again."
+        if state == "held":
+            return f"{self.id} is held after a cancel: call run.release() to submit its remaining chunks."
+        if state == "prepared":
+            return f"Nothing submitted yet for {self.id}: run this notebook to submit it."
+        return (f"{self.id} is running on the service ({self.summary()}). To collect it, run this notebook again with the "
+                "same parameters: it resumes polling and submits nothing twice. Then run notebook 03.")
+
+    def batches(self, conn: Any) -> list[Any]:
+        """The run's batches (every attempt that has one) as the service reports them now."""
+        from batchkit.jobs import Resilient
+
+        client = self._client(conn)
+        caller = Resilient()
+        return [self._retrieve(client, caller, a["batch_id"]) for _, a in self.attempts() if a.get("batch_id")]
+
+    def refresh(self, conn: Any, *, outage_budget: float | None = None) -> Run:
+        """Update the statuses of the run's batches once and download what has finished; submits nothing."""
+        from batchkit.jobs import DEFAULT_OUTAGE_BUDGET, Resilient
+
+        client = self._client(conn)
+        caller = Resilient(DEFAULT_OUTAGE_BUDGET if outage_budget is None else outage_budget)
+        with self._locked():
+            self._recover(client, caller)
+            self._refresh(client, caller)
+            self._download_finished(client, caller)
+        return self
+
+    def subset(self, rows: int, *, label: str) -> Run:
+        """A run of its own for the first `rows` requests (e.g. a demonstration), next to this one.
+
+        Its id comes from the same content plus `label`, so asking again reopens it; it does not
+        become the current run.
+        """
+        lines = self.request_lines()[:rows]
+        source = self.folder / self.chunks[0]["attempts"][0]["path"]
+        return Run.prepare(lines, out_dir=self.folder.parent.parent, settings=self.manifest["service"],
+                           inputs_path=source, id_column="custom_id", original_schema=self.schema,
+                           schema_source=self.manifest["schema"]["source"], system_message=self.manifest["system_message"],
+                           api=self.manifest.get("api", "chat"), target=self.manifest.get("target", "azure"),
+                           stem=f"{Path(self.chunks[0]['attempts'][0]['path']).stem}-{label}",
+                           metadata={"batchkit_label": label}, make_current=False, inputs_kind="requests")
+
+    def save_table(self, table: pd.DataFrame, folder: str | Path, stem: str = "results") -> tuple[Path, Path]:
+        """Write `table` as `<stem>.csv` and `<stem>.parquet` in `folder`, each atomically; returns both paths."""
+        from batchkit.results import save_results
+
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".save-", dir=target) as scratch:
+            written = save_results(table, scratch, stem)
+            finals = []
+            for path in written:
+                final = target / Path(path).name
+                os.replace(path, final)
+                finals.append(final)
+        self._event(f"results saved to {', '.join(_portable_path(p) for p in finals)}")
+        return finals[0], finals[1]
+
+    def check_outcomes(self, table: pd.DataFrame, *, max_failed: int = 0) -> str:
+        """A sentence on the outcomes; `RunFailed` when more than `max_failed` rows are not `ok`.
+
+        The message counts the rows by outcome and says what to do next (retry them, or accept
+        them by raising `max_failed`).
+        """
+        counts = table["outcome"].value_counts()
+        bad = counts.drop("ok", errors="ignore")
+        unresolved = int(bad.sum())
+        words = ", ".join(f"{name} {int(n):,}" for name, n in bad.items())
+        if unresolved == 0:
+            return f"All {len(table):,} rows came back ok."
+        text = f"{unresolved:,} of {len(table):,} rows did not come back ok ({words})"
+        if unresolved > max_failed:
+            raise RunFailed(
+                f"Run {self.id}: {text}, more than max_failed={max_failed}. Next: run notebook 02 again with "
+                f"max_attempts above {self._max_attempt()} to send them again (optionally with retry_max_tokens "
+                "for truncated rows), or set max_failed to accept them; failed_rows(table) lists them.",
+                run_id=self.id)
+        return f"{text}; within max_failed={max_failed}."
+
+    def _max_attempt(self) -> int:
+        return max(a["attempt"] for _, a in self.attempts())
+
 
 def merge_attempts(answers: pd.DataFrame) -> pd.DataFrame:
     """One final row per custom_id from the rows of every attempt (indexed by custom_id).
@@ -1181,7 +1387,12 @@ def merge_attempts(answers: pd.DataFrame) -> pd.DataFrame:
 
 
 def _service_of(settings: Any) -> dict[str, Any]:
-    """The service part of the run id: backend, endpoint, deployment, api-version (never a key)."""
+    """The service part of the run id: backend, endpoint, deployment, api-version (never a key).
+
+    `settings` is a `Settings`, a `Connection`, or such a dict (a manifest's ``service``).
+    """
+    if isinstance(settings, Mapping):
+        return {key: settings.get(key) for key in ("backend", "endpoint", "deployment", "api_version")}
     inner = getattr(settings, "settings", settings)
     return {"backend": str(inner.backend), "endpoint": str(inner.endpoint).rstrip("/"),
             "deployment": str(inner.deployment), "api_version": inner.api_version}
@@ -1346,3 +1557,53 @@ def _resolve(path: str) -> Path:
 
     candidate = Path(path)
     return candidate if candidate.is_absolute() else project_root() / candidate
+
+
+# ----- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m batchkit run {list,status,advance} [--out-dir DIR] [--run-id ID] ...`.
+
+    `advance` moves a run on (as notebook 02 does): `--no-wait` submits and returns, otherwise it
+    polls until the run is finished. The backend comes from `.env` and the environment, as for
+    `connect()` (a local service is not started here). Exit status 0 when the run advanced, 1 when
+    it failed or could not be advanced (the message says why and what to do), 2 for usage errors.
+    """
+    import argparse
+    import sys
+
+    from batchkit.errors import BatchkitError
+
+    parser = argparse.ArgumentParser(prog="python -m batchkit run", description="Show or advance a run.")
+    parser.add_argument("command", choices=("list", "status", "advance"))
+    parser.add_argument("--out-dir", default="out", help="the folder the run was prepared in (default: out)")
+    parser.add_argument("--run-id", default="", help="the run (default: the current run of --out-dir)")
+    parser.add_argument("--no-wait", action="store_true", help="advance: submit and return instead of polling")
+    parser.add_argument("--interval", type=float, default=5.0, help="advance: first poll interval in seconds")
+    parser.add_argument("--max-interval", type=float, default=60.0, help="advance: cap on the poll interval")
+    parser.add_argument("--timeout", type=float, default=None, help="advance: give up after this many seconds")
+    parser.add_argument("--outage-budget", type=float, default=None, help="advance: seconds to ride out an outage")
+    parser.add_argument("--max-attempts", type=int, default=1, help="advance: attempts per row (above 1 retries)")
+    parser.add_argument("--retry-max-tokens", type=int, default=0, help="advance: answer-token cap for retries")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "list":
+            print(list_runs(args.out_dir).to_string(index=False))
+            return 0
+        run = Run.open(args.out_dir, args.run_id)
+        if args.command == "status":
+            print(run.headline())
+            print(run.status_frame().to_string(index=False))
+            return 0
+        from batchkit.config import connect
+
+        conn = connect(start_local=False)
+        run.advance(conn, wait=not args.no_wait, interval=args.interval, max_interval=args.max_interval,
+                    timeout=args.timeout, outage_budget=args.outage_budget, max_attempts=args.max_attempts,
+                    retry_body=run.option_changes(max_tokens=args.retry_max_tokens), progress="text")
+        print(run.next_step())
+        return 0
+    except BatchkitError as exc:
+        print(f"python -m batchkit run {args.command}: {exc}", file=sys.stderr)
+        return 1

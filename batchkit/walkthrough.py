@@ -17,11 +17,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from batchkit.config import DEFAULT_LOCAL_KEY, display_path, project_root
 from batchkit.errors import BatchkitError
 
-NOTEBOOKS: tuple[str, ...] = ("01_author_requests.ipynb", "02_upload_and_poll.ipynb", "03_results_to_dataframe.ipynb")
+#: Every notebook, in reading order (`make notebooks` refreshes them all).
+NOTEBOOKS: tuple[str, ...] = ("01_author_requests.ipynb", "02_upload_and_poll.ipynb", "03_results_to_dataframe.ipynb",
+                              "04_big_job.ipynb")
+#: The walkthrough `make run` executes: table -> requests -> batch -> results.
+WALKTHROUGH: tuple[str, ...] = NOTEBOOKS[:3]
 ANSWER_FIELDS: tuple[str, ...] = ("BuildingName", "HeightInFeet", "City", "Country")
 #: Variables cleared for the notebooks' kernels, so a developer's own keys never reach the local run.
 FOREIGN_SETTINGS: tuple[str, ...] = (
@@ -59,7 +64,7 @@ def run_notebooks(
     runs_dir: Path,
     *,
     parameters: dict[str, dict[str, object]] | None = None,
-    notebooks: Sequence[str] = NOTEBOOKS,
+    notebooks: Sequence[str] = WALKTHROUGH,
 ) -> list[Path]:
     """Execute `notebooks` (from `root/notebooks`) in order with papermill into `runs_dir`.
 
@@ -119,6 +124,160 @@ def refresh_notebooks(root: Path, notebooks: Sequence[str] = NOTEBOOKS, *, timeo
         print(f"  refreshed notebooks/{name}", flush=True)
 
 
+def clear_generated(out_dir: Path) -> None:
+    """Remove what the notebooks generate under `out_dir` (runs, the big job, broken.jsonl), so a
+    fresh run of them shows what a first run shows (no previous run to compare with)."""
+    for name in ("runs", "big"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in ("broken.jsonl", "results.csv", "results.parquet"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def wants_cancel_demo(show_cancel: str | bool, backend: str) -> bool:
+    """Whether notebook 02 runs its cancel demo: `show_cancel` "local" (or True) on the local
+    backend only, "yes" on any backend, "no" (or False) never.
+
+    Raises:
+        ValueError: another value (the message lists the choices).
+    """
+    choice = {True: "local", False: "no"}.get(show_cancel, show_cancel) if isinstance(show_cancel, bool) else show_cancel
+    choice = str(choice).strip().lower()
+    if choice not in ("local", "yes", "no"):
+        raise ValueError(f"show_cancel={show_cancel!r}: use 'local' (the local service only), 'yes' or 'no'.")
+    return choice == "yes" or (choice == "local" and backend == "local")
+
+
+#: Timings of the service notebook 04 starts (seconds): short, so 10,000 requests take seconds.
+DEMO_SERVICE_ARGS: tuple[str, ...] = ("--file-processing-delay", "0.2", "--validating-seconds", "0.3",
+                                      "--finalizing-seconds", "0.2")
+
+
+def start_demo_service(data_dir: Path, *, engine: str = "synthetic", extra_args: Sequence[str] = ()) -> Any:
+    """Start a local service of its own for a demonstration (notebook 04): a free port, the synthetic
+    engine, short timings, data in `data_dir`. It is stopped when this process ends, if not before.
+
+    Returns the `local_service.LocalService`; `local_environment(s.base_url, s.api_key)` points
+    `connect(env=...)` at it.
+    """
+    import atexit
+
+    from batchkit.local_service import start_local_service
+
+    handle = start_local_service(data_dir=data_dir, engine=engine, extra_args=[*DEMO_SERVICE_ARGS, *extra_args])
+    atexit.register(handle.stop)
+    return handle
+
+
+#: The batch metadata key the local service reads its fault spec from (see docs/reliability.md).
+FAULTS_KEY = "localbatch_faults"
+
+
+def demo_faults(*, seed: int, http_error: float, truncated: float, refusal: float, expire_chunk: int = 0,
+                token_limit_chunk: int = 0, expire_after: float = 0.6) -> dict[str, Any]:
+    """The batch metadata of notebook 04's injected faults, as keyword arguments of `Run.prepare`.
+
+    The first attempt of every chunk: HTTP 500 lines, truncated answers and refusals, each for the
+    given share of requests (chosen by the local service from the seed and each custom_id); chunk
+    `expire_chunk` also expires once `expire_after` of its requests have a result, and the first
+    create of chunk `token_limit_chunk` is refused with `token_limit_exceeded`. Follow-up
+    attempts: only the refusals (a new draw under the same seed: some rows are refused again).
+    Only the local service reads these keys; a real service keeps them as plain metadata.
+    """
+    import json
+
+    first = {"seed": seed, "http_error": http_error, "refusal": refusal, "truncated": truncated}
+    chunks: dict[int, dict[str, str]] = {}
+    for chunk in {c for c in (expire_chunk, token_limit_chunk) if c}:
+        spec = dict(first)
+        if chunk == expire_chunk:
+            spec["expire_after"] = expire_after
+        if chunk == token_limit_chunk:
+            spec["token_limit_creates"] = 1
+        chunks[chunk] = {FAULTS_KEY: json.dumps(spec, separators=(",", ":"))}
+    return {
+        "metadata": {FAULTS_KEY: json.dumps(first, separators=(",", ":"))},
+        "chunk_metadata": chunks,
+        "retry_metadata": {FAULTS_KEY: json.dumps({"seed": seed, "refusal": refusal}, separators=(",", ":"))},
+    }
+
+
+def advance_then_kill(run: Any, env: dict[str, str], *, when: str = "first batch finished", timeout: float = 300.0) -> str:
+    """Advance `run` in a separate process (`python -m batchkit run advance`) and kill it (SIGKILL)
+    at a point of the run's progress, as a dead kernel would be; returns what happened, in words.
+
+    Args:
+        run: the run (its folder is read while the other process writes it).
+        env: variables pointing the process at the service (`local_environment(...)`).
+        when: "first batch finished" (a batch of the run is terminal) or "first batch submitted".
+        timeout: give up (and kill it anyway) after this many seconds.
+    """
+    import json
+    import signal
+    import subprocess
+
+    from batchkit.jobs import TERMINAL_BATCH_STATUSES
+
+    checks = {
+        "first batch finished": lambda a: a.get("status") in TERMINAL_BATCH_STATUSES,
+        "first batch submitted": lambda a: bool(a.get("batch_id")),
+    }
+    if when not in checks:
+        raise ValueError(f"when={when!r}: use one of {', '.join(checks)}.")
+    out_dir = run.folder.parent.parent
+    command = [sys.executable, "-m", "batchkit", "run", "advance", "--out-dir", str(out_dir), "--run-id", run.id,
+               "--interval", "0.2", "--max-interval", "0.5"]
+    child_env = {**os.environ, **env}
+    process = subprocess.Popen(command, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    started = time.monotonic()
+    reached = False
+    try:
+        while time.monotonic() - started < timeout and process.poll() is None:
+            try:
+                manifest = json.loads((run.folder / "manifest.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                manifest = {"chunks": []}
+            attempts = [a for c in manifest["chunks"] for a in c["attempts"]]
+            if any(checks[when](a) for a in attempts):
+                reached = True
+                break
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+    took = time.monotonic() - started
+    if not reached:
+        return f"The process ended by itself after {took:.0f}s (exit {process.returncode}) before: {when}."
+    return (f"Killed the process (pid {process.pid}, SIGKILL) {took:.1f}s after it started, once the {when.split()[0]} "
+            f"{' '.join(when.split()[1:])}.")
+
+
+def service_counts(conn: Any, run: Any) -> Any:
+    """Per chunk and attempt of `run`: how many uploads and batches the service lists for it.
+
+    Counted on the service's own `files.list` (by the attempt's upload name) and `batches.list`
+    (by the run id, chunk and attempt in the batch metadata); batches refused for the quota and
+    created again are counted apart.
+    """
+    import pandas as pd
+
+    from batchkit.run import META_ATTEMPT, META_CHUNK, META_RUN
+
+    client = conn.client
+    files = [f.filename for f in client.files.list(purpose="batch")]
+    batches = [b for b in client.batches.list(limit=100) if (b.metadata or {}).get(META_RUN) == run.id]
+    rows = []
+    for chunk, attempt in run.attempts():
+        mine = [b for b in batches if b.metadata.get(META_CHUNK) == str(chunk["chunk"])
+                and b.metadata.get(META_ATTEMPT) == str(attempt["attempt"])]
+        rows.append({"chunk": chunk["chunk"], "attempt": attempt["attempt"], "uploads": files.count(attempt["upload_name"]),
+                     "batches": sum(1 for b in mine if b.id not in attempt.get("rejected_batches", [])),
+                     "refused for quota": len(attempt.get("rejected_batches", [])) + attempt.get("quota_refusals", 0),
+                     "status": attempt.get("status")})
+    return pd.DataFrame(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the walkthrough; returns the exit code (0 when every notebook ran)."""
     parser = argparse.ArgumentParser(prog="python -m batchkit walkthrough", description=__doc__)
@@ -149,9 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ[name] = ""
         os.environ.update(local_environment(handle.base_url, handle.api_key))
         if args.refresh_notebooks:
-            for name in ("buildings.jsonl", "broken.jsonl", "cancel_demo.jsonl", "run.json"):
-                (out_dir / name).unlink(missing_ok=True)
-            print(f"Service at {handle.base_url}; re-executing notebooks 01 -> 03 in place ...", flush=True)
+            clear_generated(out_dir)
+            print(f"Service at {handle.base_url}; re-executing notebooks 01 -> 04 in place ...", flush=True)
             refresh_notebooks(root)
             return 0
         print(f"Service at {handle.base_url}; running notebooks 01 -> 03 into {args.runs}/ ...", flush=True)

@@ -515,3 +515,89 @@ def test_polling_survives_a_ten_second_outage_of_the_service(tmp_path: Path) -> 
         handle.stop()
         for h in restarted:
             h.stop()
+
+
+# ----- reading a run, the command line, plots ---------------------------------------------------------
+
+
+def test_check_outcomes_counts_by_outcome_and_says_what_next(fast_service: Any, tmp_path: Path) -> None:
+    conn = local_conn(fast_service.base_url)
+    run = prepare(conn, make_table(tmp_path, 3), tmp_path / "out")
+    table = pd.DataFrame({"outcome": ["ok", "truncated", "truncated", "refusal"]})
+    with pytest.raises(RunFailed, match=r"3 of 4 rows did not come back ok \(truncated 2, refusal 1\), more than "
+                                        r"max_failed=2\. Next: run notebook 02 again with max_attempts above 1"):
+        run.check_outcomes(table, max_failed=2)
+    assert run.check_outcomes(table, max_failed=3).endswith("within max_failed=3.")
+    assert run.check_outcomes(pd.DataFrame({"outcome": ["ok"] * 2})) == "All 2 rows came back ok."
+    assert run.option_changes(max_tokens=0) is None
+    assert run.option_changes(max_tokens=800) == {"max_tokens": 800}
+    run.manifest["api"] = "responses"
+    assert run.option_changes(max_tokens=800) == {"max_output_tokens": 800}
+
+
+def test_a_batch_file_written_elsewhere_becomes_a_run(fast_service: Any, tmp_path: Path) -> None:
+    conn = local_conn(fast_service.base_url)
+    lines = authoring.build_requests([{"custom_id": f"j-{n}", "prompt": f"p {n} {tmp_path.name}"} for n in range(5)],
+                                     system="s", schema=SCHEMA, model=conn.deployment, url=conn.batch_url)
+    path = authoring.write_jsonl(lines, tmp_path / "mine.jsonl")
+    run = Run.from_jsonl(path, out_dir=tmp_path / "out", settings=conn, limits=Limits.for_target("azure", max_requests=2))
+    assert [c["attempts"][0]["path"] for c in run.chunks] == ["mine-001.jsonl", "mine-002.jsonl", "mine-003.jsonl"]
+    run.advance(conn, **FAST)
+    table = run.results()
+    assert list(table["custom_id"]) == [f"j-{n}" for n in range(5)] and set(table["outcome"]) == {"ok"}
+    with pytest.raises(RunError, match="No batch file at"):
+        Run.from_jsonl(tmp_path / "none.jsonl", out_dir=tmp_path / "out", settings=conn)
+
+
+def test_a_subset_is_a_run_of_its_own_sent_once(fast_service: Any, tmp_path: Path) -> None:
+    conn = local_conn(fast_service.base_url)
+    run = prepare(conn, make_table(tmp_path, 4), tmp_path / "out")
+    demo = run.subset(1, label="demo")
+    assert demo.id != run.id and demo.requests == 1 and current_run_id(tmp_path / "out") == run.id
+    demo.advance(conn, **FAST)
+    again = run.subset(1, label="demo")
+    assert again.id == demo.id and not again.created
+    again.advance(conn, **FAST)
+    files, batches = service_lists(conn, demo)
+    assert len(files) == 1 and len(batches) == 1 and batches[0].metadata["batchkit_label"] == "demo"
+
+
+def test_the_command_line_lists_shows_and_advances_a_run(fast_service: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from batchkit.run import main
+
+    conn = local_conn(fast_service.base_url)
+    run = prepare(conn, make_table(tmp_path, 3), tmp_path / "out")
+    for name, value in {"BATCH_BACKEND": "local", "LOCALBATCH_URL": fast_service.base_url,
+                        "LOCALBATCH_API_KEY": API_KEY}.items():
+        monkeypatch.setenv(name, value)
+    out = str(tmp_path / "out")
+    assert main(["list", "--out-dir", out]) == 0
+    assert run.id in capsys.readouterr().out
+    assert main(["advance", "--out-dir", out, "--interval", "0.1", "--max-interval", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"All 1 batch(es) of {run.id} finished" in printed
+    assert main(["status", "--out-dir", out]) == 0
+    assert "finished" in capsys.readouterr().out
+    assert main(["status", "--out-dir", out, "--run-id", "run-000000000000"]) == 1
+    assert "No run 'run-000000000000'" in capsys.readouterr().err
+    assert [len(x) for x in service_lists(conn, run)] == [1, 1]
+
+
+def test_the_timeline_plot_has_a_bar_per_batch_and_the_outcomes_per_attempt(fast_service: Any, tmp_path: Path) -> None:
+    from batchkit import plots
+
+    conn = local_conn(fast_service.base_url)
+    run = prepare(conn, make_table(tmp_path, 4), tmp_path / "out", body={"max_tokens": 3},
+                  limits=Limits.for_target("azure", max_requests=2))
+    run.advance(conn, max_attempts=2, retry_body={"max_tokens": 400}, **FAST)
+    by_attempt = run.outcomes_by_attempt()
+    assert by_attempt.groupby("attempt")["rows"].sum().tolist() == [4, 4]
+    assert set(by_attempt.loc[by_attempt["attempt"] == 1, "outcome"]) == {"truncated"}
+    fig = plots.chunk_timeline(run, by_attempt)
+    timeline, outcomes = fig.axes
+    assert [t.get_text() for t in timeline.get_yticklabels()] == [
+        "chunk 1 · attempt 1", "chunk 1 · attempt 2", "chunk 2 · attempt 1", "chunk 2 · attempt 2"]
+    assert outcomes.get_yscale() == "log"
+    assert len(run.timeline()) == 4 and run.timeline()["completed_at"].notna().all()
