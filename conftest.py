@@ -51,8 +51,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ["LOCALBATCH_API_KEY"] = "local-dev-key"
     session.config.stash[_HANDLE] = (handle, data_dir)
     # the notebooks write into out/; start from a clean state so their outputs match
-    for name in ("buildings.jsonl", "broken.jsonl", "cancel_demo.jsonl", "run.json", "results.csv", "results.parquet"):
-        (ROOT / "out" / name).unlink(missing_ok=True)
+    from batchkit.walkthrough import clear_generated
+
+    clear_generated(ROOT / "out")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

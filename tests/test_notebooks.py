@@ -79,7 +79,8 @@ def test_one_parameters_cell_of_annotated_literals(path: Path) -> None:
     assert tree.body
     for statement in tree.body:
         assert isinstance(statement, ast.AnnAssign), f"{ast.unparse(statement)}: annotate every parameter"
-        assert isinstance(statement.value, ast.Constant), f"{ast.unparse(statement)}: literals only"
+        value = statement.value.operand if isinstance(statement.value, ast.UnaryOp) else statement.value  # -1.0
+        assert isinstance(value, ast.Constant), f"{ast.unparse(statement)}: literals only"
     markdown = " ".join(c.source for c in notebook.cells if c.cell_type == "markdown")
     assert "small" in markdown and "Azure" in markdown  # says plainly that the local model is small
     for cell in notebook.cells:
@@ -110,25 +111,50 @@ def test_papermill_sequence_with_other_parameters(papermill_service: str, tmp_pa
     out = tmp_path / "out"
     common = {"out_dir": str(out)}
     first = {**common, "data_path": str(table), "jsonl_name": "towers.jsonl", "target": "openai", "live_deployment": "gpt-4o"}
-    second = {**common, "jsonl_path": str(out / "towers.jsonl"), "poll_interval": 0.2, "max_interval": 0.5, "show_cancel": False}
-    run_notebooks(ROOT, tmp_path / "runs", parameters={NOTEBOOKS[0]: first, NOTEBOOKS[1]: second}, notebooks=NOTEBOOKS[:2])
-    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    assert record["status"] == "completed"
-    third = {**common, "batch_id": record["batch_id"], "run_record": str(tmp_path / "no-such-record.json"), "data_path": str(table)}
-    run_notebooks(ROOT, tmp_path / "runs", parameters={NOTEBOOKS[2]: third}, notebooks=NOTEBOOKS[2:])
+    second = {**common, "poll_interval": 0.2, "max_interval": 0.5, "show_cancel": "no"}
+    run_notebooks(ROOT, tmp_path / "runs", parameters={NOTEBOOKS[0]: first, NOTEBOOKS[1]: second, NOTEBOOKS[2]: common})
 
+    from batchkit.run import Run
+
+    run = Run.open(out)
+    assert run.state == "finished" and run.manifest["inputs"]["path"] == str(table.resolve())
+    assert (run.folder / "towers.jsonl").is_file()
     results = pd.read_csv(out / "results.csv")
     assert list(results["custom_id"]) == ["tower-a", "tower-b"]
     assert list(results["prompt"]) == ["Provide info about Taipei 101", "Provide info about the CN Tower"]
     assert set(results["outcome"]) == {"ok"}
     assert results[["BuildingName", "HeightInFeet", "City", "Country"]].notna().all().all()
-    # The progress display's plain-text form, kept in the headless run, is the final status line.
+    # The progress display's plain-text form, kept in the headless run, is the run's final line.
     polled = next(c for c in nbformat.read(tmp_path / "runs" / NOTEBOOKS[1], as_version=4).cells
-                  if "jobs.poll_batch(client, batch.id" in c.source)
+                  if "run.advance(" in c.source)
     (shown,) = [o for o in polled.outputs if o.output_type == "display_data"]
     assert "application/vnd.jupyter.widget-view+json" in shown.data
-    assert re.fullmatch(rf"{record['batch_id']} completed: 2/2 completed, 0 failed \(\d+s\)", shown.data["text/plain"])
-    ran = nbformat.read(tmp_path / "runs" / NOTEBOOKS[2], as_version=4)
+    assert re.fullmatch(rf"{run.id}: 1/1 batches finished, 2/2 requests done, 0 failed in the latest attempts \(\d+s\)",
+                        shown.data["text/plain"])
+    ran = nbformat.read(tmp_path / "runs" / NOTEBOOKS[0], as_version=4)
     injected = [c for c in ran.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and record["batch_id"] in injected[0].source
-    assert not (out / "cancel_demo.jsonl").exists()
+    assert injected and str(table) in injected[0].source
+    assert not list(out.glob("runs/*/*cancel-demo*"))  # show_cancel="no": no demo run
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_papermill_reads_every_parameter_without_a_warning(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each line of the parameters cell is one parameter papermill parses (no 'Unable to parse line'),
+    and `papermill --help-notebook` lists every one with its type."""
+    import subprocess
+    import sys
+
+    from papermill.translators import PythonTranslator
+
+    notebook = nbformat.read(path, as_version=4)
+    (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    names = [statement.target.id for statement in ast.parse(cell.source).body]
+    with caplog.at_level("WARNING", logger="papermill"):
+        parsed = PythonTranslator.inspect(cell)
+    assert not [r.message for r in caplog.records], "papermill could not parse a parameter line"
+    assert [p.name for p in parsed] == names
+    assert all(p.inferred_type_name in ("str", "int", "float", "bool") for p in parsed)
+    shown = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
+                           capture_output=True, text=True, check=True).stdout
+    for parameter in parsed:
+        assert re.search(rf"^  {parameter.name}: {parameter.inferred_type_name} \(default ", shown, re.MULTILINE), parameter.name
