@@ -959,8 +959,17 @@ class Run:
                            "again with the same parameters to restore it.", run_id=self.id)
         attempt["stage"] = "uploading"
         self.save()
-        uploaded = caller.call(lambda: client.files.create(file=(attempt["upload_name"], data), purpose="batch"),
-                               what=f"upload {attempt['upload_name']}")
+        tries = [0]
+
+        def upload() -> Any:
+            if tries[0]:  # an earlier try may have reached the service before its answer was lost
+                found = self._find_upload(client, attempt)
+                if found is not None:
+                    return found
+            tries[0] += 1
+            return client.files.create(file=(attempt["upload_name"], data), purpose="batch")
+
+        uploaded = caller.call(upload, what=f"upload {attempt['upload_name']}")
         attempt["file_id"] = uploaded.id
         attempt["file_status"] = str(getattr(uploaded, "status", None) or "uploaded")
         attempt["stage"] = "uploaded"
@@ -998,11 +1007,19 @@ class Run:
 
         attempt["stage"] = "creating"
         self.save()
+        tries = [0]
+
+        def create() -> Any:
+            if tries[0]:  # an earlier try may have created the batch before its answer was lost
+                found = self._find_batch(client, chunk, attempt)
+                if found is not None:
+                    return found
+            tries[0] += 1
+            return client.batches.create(input_file_id=attempt["file_id"], endpoint=self.manifest["url"],
+                                         completion_window="24h", metadata=self._metadata(chunk, attempt))
+
         try:
-            batch = caller.call(
-                lambda: client.batches.create(input_file_id=attempt["file_id"], endpoint=self.manifest["url"],
-                                              completion_window="24h", metadata=self._metadata(chunk, attempt)),
-                what=f"create the batch of chunk {chunk['chunk']}")
+            batch = caller.call(create, what=f"create the batch of chunk {chunk['chunk']}")
         except openai.BadRequestError as exc:
             attempt["stage"] = "uploaded"
             if "token_limit_exceeded" in f"{getattr(exc, 'code', '')} {exc}":
@@ -1021,6 +1038,23 @@ class Run:
         self._event(f"chunk {chunk['chunk']} attempt {attempt['attempt']}: batch {batch.id} created")
         self.save()
         return True
+
+    def _find_upload(self, client: Any, attempt: Mapping[str, Any]) -> Any:
+        """The newest usable upload of this attempt on the service's file list (by name and size), or None."""
+        files = [f for f in client.files.list(purpose="batch") if f.filename == attempt["upload_name"]
+                 and int(f.bytes or 0) == attempt["bytes"] and str(getattr(f, "status", "")) not in ("error", "deleted")]
+        return max(files, key=lambda f: f.created_at or 0) if files else None
+
+    def _find_batch(self, client: Any, chunk: Mapping[str, Any], attempt: Mapping[str, Any]) -> Any:
+        """A batch of this chunk and attempt on the service's list (by its metadata), not refused for quota, or None."""
+        rejected = set(attempt.get("rejected_batches", []))
+        for batch in client.batches.list(limit=100):
+            meta = getattr(batch, "metadata", None) or {}
+            if (meta.get(META_RUN) == self.id and meta.get(META_CHUNK) == str(chunk["chunk"])
+                    and meta.get(META_ATTEMPT) == str(attempt["attempt"]) and batch.id not in rejected
+                    and not (str(batch.status) == "failed" and _batch_quota_failure(batch))):
+                return batch
+        return None
 
     def _plan_retries(self, max_attempts: int, outcomes: set[str] | None, body: Mapping[str, Any] | None) -> None:
         """Add a follow-up attempt for each chunk whose latest attempt is done and left rows to retry."""
@@ -1077,19 +1111,29 @@ class Run:
                                    "run notebook 02 again to download it anew.", run_id=self.id)
                 setattr(files, target, parse_jsonl(data, source=f"{kind} file {info['file_id']}"))
         status = attempt.get("status") if _attempt_done(attempt) else None
-        frame = parse_results(files, inputs=ids, schema=self._checking_schema(), batch_status=status)
+        frame = parse_results(files, inputs=ids, schema=self.sent_schema, original_schema=self._original_schema(),
+                              batch_status=status)
         if not _attempt_done(attempt):
             where = attempt.get("batch_id") or "not submitted yet"
             frame["error"] = f"no result yet (chunk batch {where}, {attempt.get('status') or _stage_word(attempt)})"
         return frame
 
-    def _checking_schema(self) -> dict[str, Any]:
-        """The schema answers are checked against: the original's constraints on the strict structure."""
-        cached = getattr(self, "_checker", None)
+    def _original_schema(self) -> Any:
+        """The schema answers are checked against: the pydantic model when the run was made from one
+        that is importable here (rows can then become model objects), else the original JSON schema."""
+        cached = getattr(self, "_original", None)
         if cached is None:
-            from batchkit.schema import checking_schema
+            cached = self.schema
+            source = self.manifest["schema"].get("source") or ""
+            if ":" in source and not source.lower().endswith(".json"):
+                from batchkit.errors import ConfigError
+                from batchkit.inputs import load_schema
 
-            cached = self._checker = checking_schema(self.schema)
+                try:
+                    cached = load_schema(source).schema
+                except ConfigError:
+                    cached = self.schema
+            self._original = cached
         return cached
 
     def inputs_frame(self) -> pd.DataFrame:

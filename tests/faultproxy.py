@@ -28,6 +28,8 @@ class Rule:
         status: answer this status with `body` and `headers` instead of forwarding.
         keep_lines: forward, then keep only the first N lines of the answer's body.
         edit_json: forward, then pass the answer's JSON through this function.
+        lose_answer: with `status`: forward the request (the service acts on it), then answer
+            `status` instead of the service's answer, as when a reply is lost on the way back.
         times: how many matching requests the rule applies to.
     """
 
@@ -38,6 +40,7 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     keep_lines: int | None = None
     edit_json: Callable[[Any], Any] | None = None
+    lose_answer: bool = False
     times: int | None = 1
     used: int = 0
 
@@ -74,6 +77,8 @@ class FaultProxy:
                     if rule is not None:
                         rule.used += 1
                 if rule is not None and rule.status is not None:
+                    if rule.lose_answer:
+                        proxy._forward(self.command, self.path, dict(self.headers), data)
                     payload = rule.body if isinstance(rule.body, bytes) else json.dumps(rule.body or {}).encode()
                     self._answer(rule.status, {"content-type": "application/json", **rule.headers}, payload, path)
                     return

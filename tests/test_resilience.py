@@ -235,3 +235,18 @@ def test_download_results_checks_an_expired_batch(slow_service: Any) -> None:
     assert len(files.output_lines) == counts["completed"] > 0
     assert len(files.output_lines) + len(files.error_lines) == 30
     assert {line["error"]["code"] for line in files.error_lines} == {"batch_expired"}
+
+
+@pytest.mark.parametrize("lost", ["/openai/files", "/openai/batches"])
+def test_an_answer_lost_after_the_service_acted_is_not_sent_again(proxy: FaultProxy, tmp_path: Path, lost: str) -> None:
+    """The upload (or create) reached the service, but its answer came back as a 502: the retry
+    finds what the service made, on its own list, instead of making a second one."""
+    conn = local_conn(proxy.base_url)
+    run = prepare(conn, make_table(tmp_path, 3), tmp_path / "out")
+    rule = proxy.add(method="POST", path_contains=lost, status=502, lose_answer=True,
+                     body={"error": {"code": "502", "message": "Bad gateway"}})
+    run.advance(conn, outage_budget=60, **FAST)
+    assert rule.used == 1
+    files, batches = service_lists(conn, run)
+    assert len(files) == 1 and len(batches) == 1
+    assert set(run.results()["outcome"]) == {"ok"}
