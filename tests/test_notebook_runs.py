@@ -254,9 +254,13 @@ def test_your_own_data_by_parameters_alone(service: Any, tmp_path: Path, monkeyp
         words = [schema_path if w == "batchkit.examples:ReviewInsight" else w for w in words]
         words = [str(tmp_path / w) if w.startswith("runs/") else w for w in words]
         words = [str(out) if (w == "out" and words[i - 1] == "out_dir") else w for i, w in enumerate(words)]
-        done = subprocess.run([sys.executable, "-m", "papermill", *words, "--cwd", str(ROOT / "notebooks")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        # papermill's own command line, in this process (the same parsing of -p values as the shell command)
+        from click.testing import CliRunner
+        from papermill.cli import papermill as papermill_cli
+
+        monkeypatch.chdir(ROOT)
+        done = CliRunner().invoke(papermill_cli, [*words, "--cwd", str(ROOT / "notebooks")])
+        assert done.exit_code == 0, (done.output[-3000:], done.exception)
     inputs = pd.read_csv(ROOT / "data" / "reviews.csv")
     table = pd.read_parquet(out / "reviews.parquet")
     assert list(table["custom_id"]) == list(inputs["review_id"])  # one row per input row, in input order
