@@ -22,11 +22,11 @@ from .dialects import (
     CANCELLED_MESSAGE,
     EXPIRED_MESSAGE,
     Dialect,
-    decorate_completion,
     new_file_id,
     not_run_line,
     response_line,
 )
+from .responses import answer_for_client, request_for_engine
 from .faults import apply_fault, stored_spec, token_limit_message
 from .store import PendingRequest, Store
 from .validation import validate_input
@@ -44,6 +44,15 @@ SERVER_ERROR_BODY = {
 
 #: Seconds a result file of the OpenAI dialect lives (30 days, like the real service).
 RESULT_FILE_TTL = 30 * 24 * 3600
+
+
+def result_file_expiry(batch: Any, now: int) -> int | None:
+    """``expires_at`` of a batch's output and error files: ``output_expires_after`` (anchored at the
+    files' creation) when the batch was created with it; else 30 days on OpenAI, never on Azure."""
+    seconds = batch["output_expires_after"]
+    if seconds:
+        return now + int(seconds)
+    return now + RESULT_FILE_TTL if batch["dialect"] == "openai" else None
 
 
 class EngineGate:
@@ -213,7 +222,8 @@ class Worker:
             with self._lock:
                 self._inflight.setdefault(req.batch_id, set()).add(req.custom_id)
             free -= 1
-            future = self._pool.submit(self._run, req, batch["dialect"], self._model_version(batch), batch["faults"])
+            future = self._pool.submit(self._run, req, batch["dialect"], self._model_version(batch), batch["faults"],
+                                       batch["endpoint"])
             future.add_done_callback(lambda f, r=req: self._done(f, r))
 
     def _model_version(self, batch: Any) -> str:
@@ -239,18 +249,20 @@ class Worker:
         return apply_fault(spec.fault_for(custom_id), self.gate.complete, body, model=model_version,
                            custom_id=custom_id, http_status=spec.http_status)
 
-    def _run(self, req: PendingRequest, dialect: Dialect, model_version: str, faults: str | None = None) -> None:
-        """Run one request on the engine and record its result line."""
+    def _run(self, req: PendingRequest, dialect: Dialect, model_version: str, faults: str | None = None,
+             endpoint: str = "") -> None:
+        """Run one request on the engine and record its result line (Responses requests through their chat form)."""
         self.store.mark_run(req.batch_id, req.custom_id)
         try:
-            completion = self._answer(req.body, model_version, req.custom_id, faults)
+            engine_body = request_for_engine(endpoint, req.body)
+            completion = self._answer(engine_body, model_version, req.custom_id, faults)
         except Exception as exc:  # EngineRequestError -> its 4xx; anything else -> 500 line
             if getattr(exc, "status_code", None) is None:
                 log.exception("engine failed on %s/%s", req.batch_id, req.custom_id)
             line = engine_error_line(dialect, req.custom_id, exc)
             self.store.record_result(req.batch_id, req.custom_id, "error", line)
             return
-        body = decorate_completion(dialect, completion, model_version)
+        body = answer_for_client(endpoint, dialect, completion, req.body, model_version)
         self.store.record_result(req.batch_id, req.custom_id, "output", response_line(dialect, req.custom_id, 200, body))
 
     def _validate(self, batch_id: str) -> None:
@@ -322,7 +334,7 @@ class Worker:
             path.write_bytes(data)
             new_files.append({
                 "id": file_id, "dialect": dialect, "filename": f"{batch_id}_{suffix}.jsonl", "bytes": len(data),
-                "created_at": now, "expires_at": now + RESULT_FILE_TTL if dialect == "openai" else None,
+                "created_at": now, "expires_at": result_file_expiry(batch, now),
             })
             ids[key] = file_id
         stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}[to_status]
