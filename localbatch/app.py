@@ -2,18 +2,28 @@
 
 Route prefixes and their dialect:
 
-* ``/openai/...``: Azure classic; every call needs ``?api-version=``; live chat at
-  ``/openai/deployments/{deployment}/chat/completions``.
-* ``/openai/v1/...``: Azure v1; no api-version; live chat at ``/openai/v1/chat/completions``.
-* ``/v1/...``: OpenAI; live chat at ``/v1/chat/completions``.
+* ``/openai/...``: Azure classic; every call needs ``?api-version=`` from
+  :data:`localbatch.dialects.AZURE_API_VERSIONS`; live chat at
+  ``/openai/deployments/{deployment}/chat/completions``, live Responses at ``/openai/responses``
+  (from api-version 2025-03-01-preview).
+* ``/openai/v1/...``: Azure v1; no api-version; live chat at ``/openai/v1/chat/completions`` and
+  ``/openai/v1/responses``.
+* ``/v1/...``: OpenAI; live chat at ``/v1/chat/completions`` and ``/v1/responses``.
 
-Every route checks the key (``api-key`` header or ``Authorization: Bearer``) when one is set.
-Errors use the dialect's envelope, carry ``x-should-retry: false`` when deterministic, and every
-answer carries ``x-request-id``.
+The two Azure prefixes are one resource; the OpenAI prefix is another: each sees only the files
+and batches created through it (a foreign id is a 404). Batches run ``/chat/completions`` or
+``/v1/responses`` requests; Responses requests reach the chat-only engines through
+:mod:`localbatch.responses`.
+
+Every route checks the key (``api-key`` header or ``Authorization: Bearer``, e.g. an Entra ID
+token on Azure) when one is set. JSON bodies are limited (:data:`MAX_JSON_BODY`,
+:data:`MAX_LIVE_BODY`) before they are read whole. Errors use the dialect's envelope, carry
+``x-should-retry: false`` when deterministic, and every answer carries ``x-request-id``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -37,7 +47,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .config import Settings, remove_service_record, write_service_record
-from .dialects import UPLOAD_PURPOSES, ApiError, Dialect, decorate_completion, new_batch_id, new_file_id
+from .dialects import (
+    UPLOAD_PURPOSES,
+    ApiError,
+    Dialect,
+    check_api_version,
+    new_batch_id,
+    new_file_id,
+    responses_allowed,
+    responses_version_error,
+)
+from .responses import answer_for_client, is_responses, request_for_engine
 from .faults import at_create
 from .store import Store
 from .worker import EngineGate, Worker
@@ -46,8 +66,20 @@ log = logging.getLogger("localbatch.app")
 
 DAY = 24 * 3600
 OPENAI_BATCH_FILE_TTL = 30 * DAY
-CHAT_ENDPOINTS = {"openai": ("/v1/chat/completions",), "azure": ("/chat/completions", "/v1/chat/completions")}
+#: Batch endpoints per dialect. Azure takes the chat and Responses paths with or without ``/v1``;
+#: the endpoint names the API and every line's url must match it (the lint's ``url_mismatch``).
+BATCH_ENDPOINTS = {"openai": ("/v1/chat/completions", "/v1/responses"),
+                   "azure": ("/chat/completions", "/v1/chat/completions", "/responses", "/v1/responses")}
+#: Allowed ``seconds`` of ``expires_after`` (uploads) and ``output_expires_after`` (batches), anchor
+#: ``created_at``: OpenAI 1 hour to 30 days; Azure 14 to 30 days (spec/batch-api.md §2.1, §2.2, §3.1, §6.7).
 EXPIRES_AFTER_RANGE = {"openai": (3600, 30 * DAY), "azure": (14 * DAY, 30 * DAY)}
+#: Largest JSON body of batches.create / cancel (and any other non-upload POST), in bytes.
+MAX_JSON_BODY = 1024 * 1024
+#: Largest JSON body of a live chat or Responses call: 8 MiB (the real services document none for
+#: text; 8 MiB is far above the longest context the local models take).
+MAX_LIVE_BODY = 8 * 1024 * 1024
+#: Seconds between sweeps that delete files whose ``expires_at`` has passed.
+EXPIRY_SWEEP_SECONDS = 5.0
 UPLOAD_CHUNK = 1024 * 1024
 #: Limits on a files.create body besides the file size: parts in all, and bytes of a non-file field.
 MAX_UPLOAD_PARTS = 20
@@ -83,12 +115,14 @@ def error_response(exc: ApiError, dialect: Dialect) -> JSONResponse:
 
 
 def _key_of(request: Request) -> str | None:
-    key = request.headers.get("api-key")
+    """The key a request carries: the ``api-key`` header, else an ``Authorization: Bearer`` token
+    (an API key, or on Azure an Entra ID token). Blank values count as no key."""
+    key = request.headers.get("api-key", "").strip()
     if key:
         return key
     auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
     return None
 
 
@@ -142,7 +176,20 @@ def render_batch(row: Any) -> dict[str, Any]:
     out["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
     if row["dialect"] == "openai":
         out["model"] = row["model"]
+        out["usage"] = batch_usage(row)
     return out
+
+
+def batch_usage(row: Any) -> dict[str, Any]:
+    """``Batch.usage``: the sums the store keeps of every recorded result's usage (see ``line_usage``)."""
+    tokens_in, tokens_out = int(row["usage_input_tokens"] or 0), int(row["usage_output_tokens"] or 0)
+    return {
+        "input_tokens": tokens_in,
+        "input_tokens_details": {"cached_tokens": int(row["usage_cached_tokens"] or 0)},
+        "output_tokens": tokens_out,
+        "output_tokens_details": {"reasoning_tokens": int(row["usage_reasoning_tokens"] or 0)},
+        "total_tokens": tokens_in + tokens_out,
+    }
 
 
 def render_list(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -165,12 +212,15 @@ class BatchCreate(BaseModel):
     output_expires_after: Any = None
 
 
-def require_api_version(api_version: str | None = Query(None, alias="api-version")) -> None:
-    """Azure classic routes need ``?api-version=`` (e.g. 2024-10-01-preview)."""
-    if not api_version:
-        raise ApiError(400, "The api-version query parameter (?api-version=) is required for all requests, "
-                       "e.g. ?api-version=2024-10-01-preview.", azure_code="MissingApiVersionParameter",
-                       param="api-version")
+def require_api_version(api_version: str = Query(..., alias="api-version", description=(
+        "The Azure OpenAI API version, one of localbatch.dialects.AZURE_API_VERSIONS (e.g. 2024-10-21)."))) -> None:
+    """Azure classic routes need ``?api-version=`` with a version Azure serves batches on."""
+    check_api_version(api_version, v1=False)
+
+
+def optional_api_version(request: Request) -> None:
+    """Azure v1 routes take no api-version (or ``preview``); anything else is refused as Azure does."""
+    check_api_version(request.query_params.get("api-version"), v1=True)
 
 
 # ----- route handlers ------------------------------------------------------------------------------
@@ -253,6 +303,11 @@ class _StreamedUpload:
     def pending(self) -> int:
         """File bytes received and not yet written."""
         return len(self._buffer)
+
+    @property
+    def ended(self) -> bool:
+        """True once the closing boundary was seen."""
+        return self._ended
 
     def feed(self, chunk: bytes) -> None:
         """Parse one chunk of the body (raises _MalformedUpload, ApiError)."""
@@ -356,7 +411,7 @@ def _check_purpose(purpose: Any, filename: str, dialect: Dialect) -> None:
         raise ApiError(400, f"Invalid value for purpose: {purpose!r}. Supported values: {allowed}.",
                        param="purpose", code="invalid_value", azure_code="invalidPayload")
     if purpose == "batch" and dialect == "openai" and not filename.lower().endswith(".jsonl"):
-        raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+        raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param=None)
 
 
 def _expires_after(form: Any, dialect: Dialect, created_at: int) -> int | None:
@@ -415,6 +470,8 @@ async def upload_file(request: Request) -> dict[str, Any]:
                 upload.feed(chunk)
                 if upload.pending >= UPLOAD_CHUNK:
                     await run_in_threadpool(upload.flush)
+                if upload.ended:  # bytes after the closing boundary are not read
+                    break
             upload.finish()
         except _MalformedUpload as exc:
             raise _malformed_upload(exc) from None
@@ -453,8 +510,12 @@ async def upload_file(request: Request) -> dict[str, Any]:
 
 
 def _get_file_row(svc: Service, file_id: str, dialect: Dialect) -> Any:
+    """The live file ``file_id`` of ``dialect`` (404 for another dialect's, an expired or a deleted one)."""
     row = svc.store.get_file(file_id)
-    if row is None:
+    if row is not None and row["expires_at"] is not None and row["expires_at"] <= time.time():
+        svc.store.delete_file(file_id)  # expired: gone, whether or not the sweep has run yet
+        row = None
+    if row is None or row["dialect"] != dialect:
         raise ApiError(404, f"No such File object: {file_id}", param="id", azure_code="notFound",
                        code=None if dialect == "openai" else "notFound")
     return row
@@ -473,12 +534,17 @@ def list_files(
     order: str = Query("desc", pattern="^(asc|desc)$"),
 ) -> dict[str, Any]:
     """``files.list``: newest first by default; ``after``/``limit`` pagination."""
+    svc, dialect = _service(request), _dialect(request)
+    if after:
+        anchor = svc.store.get_file(after)
+        if anchor is not None and anchor["dialect"] != dialect:
+            raise _unknown_cursor(after, "file")
     try:
-        rows, more = _service(request).store.list_files(purpose=purpose, after=after, limit=limit, order=order)
+        rows, more = svc.store.list_files(purpose=purpose, after=after, limit=limit, order=order, dialect=dialect)
     except LookupError:
         raise _unknown_cursor(after, "file") from None
     now = time.time()
-    return render_list([render_file(r, now) for r in rows], more)
+    return render_list([render_file(r, now) for r in rows if r["expires_at"] is None or r["expires_at"] > now], more)
 
 
 def delete_file(request: Request, file_id: str) -> dict[str, Any]:
@@ -510,10 +576,12 @@ def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
     """``batches.create``: checks the request, then the batch starts ``validating``."""
     svc, dialect = _service(request), _dialect(request)
     settings = svc.settings
-    file_row = svc.store.get_file(body.input_file_id)
-    if file_row is None:
+    try:
+        file_row = _get_file_row(svc, body.input_file_id, dialect)
+    except ApiError:
         raise ApiError(404, f"No such File object: {body.input_file_id}. Upload the input file first "
-                       "(files.create with purpose 'batch').", param="input_file_id", azure_code="notFound")
+                       "(files.create with purpose 'batch', on the same endpoint as this call).",
+                       param="input_file_id", azure_code="notFound") from None
     status = render_file(file_row)["status"]
     if status != "processed":
         raise ApiError(400, f"The input file '{body.input_file_id}' is in '{status}' state. Only files with status "
@@ -523,10 +591,14 @@ def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
         raise ApiError(400, f"The input file '{body.input_file_id}' has purpose '{file_row['purpose']}'; a batch "
                        "needs a file uploaded with purpose 'batch'.", param="input_file_id",
                        code="invalid_value", azure_code="invalidPayload")
-    if body.endpoint not in CHAT_ENDPOINTS[dialect]:
-        allowed = "', '".join(CHAT_ENDPOINTS[dialect])
+    if body.endpoint not in BATCH_ENDPOINTS[dialect]:
+        allowed = "', '".join(BATCH_ENDPOINTS[dialect])
         raise ApiError(400, f"Invalid value: '{body.endpoint}'. This service runs batches for '{allowed}'.",
                        param="endpoint", code="invalid_value", azure_code="invalidPayload")
+    api_version = request.query_params.get("api-version") if route_dialect(request.url.path)[1] else None
+    if is_responses(body.endpoint) and not responses_allowed(api_version):
+        raise responses_version_error(str(api_version))
+    output_ttl = _output_expires_after(body.output_expires_after, dialect)
     if body.completion_window != "24h":
         raise ApiError(400, f"Invalid value: '{body.completion_window}'. Supported values are: '24h'.",
                        param="completion_window", code="invalid_value", azure_code="invalidPayload")
@@ -547,29 +619,73 @@ def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
         expires_at=created + (int(window) if dialect == "openai" else DAY),
         expire_after=(now + window) if dialect == "openai" else None,
         metadata=json.dumps(body.metadata) if body.metadata is not None else None,
-        faults=faults, fault_token_limit=int(fault_token_limit),
+        faults=faults, fault_token_limit=int(fault_token_limit), output_expires_after=output_ttl,
     )
     svc.worker.wake()
     return render_batch(row)
 
 
-def _get_batch_row(svc: Service, batch_id: str) -> Any:
+def _output_expires_after(value: Any, dialect: Dialect) -> int | None:
+    """Seconds after their creation that a batch's result files expire (None: the dialect's default).
+
+    ``{"anchor": "created_at", "seconds": N}`` with N in the dialect's range (:data:`EXPIRES_AFTER_RANGE`).
+    """
+    if value is None:
+        return None
+    low, high = EXPIRES_AFTER_RANGE[dialect]
+    if not isinstance(value, dict):
+        raise ApiError(400, f"Invalid type for 'output_expires_after': expected an object, but got "
+                       f"{type(value).__name__} instead. Send {{\"anchor\": \"created_at\", \"seconds\": {low}}}.",
+                       param="output_expires_after", code="invalid_type", azure_code="invalidPayload")
+    unknown = sorted(set(value) - {"anchor", "seconds"})
+    if unknown:
+        raise ApiError(400, f"Unknown parameter: 'output_expires_after.{unknown[0]}'. It takes 'anchor' and "
+                       "'seconds'.", param=f"output_expires_after.{unknown[0]}", code="unknown_parameter",
+                       azure_code="invalidPayload")
+    for key in ("anchor", "seconds"):
+        if key not in value:
+            raise ApiError(400, f"Missing required parameter: 'output_expires_after.{key}'.",
+                           param=f"output_expires_after.{key}", code="missing_required_parameter",
+                           azure_code="invalidPayload")
+    if value["anchor"] != "created_at":
+        raise ApiError(400, f"Invalid value for 'output_expires_after.anchor': {json.dumps(value['anchor'])}. "
+                       "Supported values are: 'created_at'.",
+                       param="output_expires_after.anchor", code="invalid_value", azure_code="invalidPayload")
+    seconds = value["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise ApiError(400, f"Invalid type for 'output_expires_after.seconds': expected an integer, but got "
+                       f"{json.dumps(seconds)} instead.", param="output_expires_after.seconds",
+                       code="invalid_type", azure_code="invalidPayload")
+    if not low <= seconds <= high:
+        raise ApiError(400, f"Invalid 'output_expires_after.seconds': {seconds}. It must be between {low} and {high} "
+                       f"seconds ({low // 3600} hours to {high // DAY} days) on this endpoint.",
+                       param="output_expires_after.seconds", code="invalid_value", azure_code="invalidPayload")
+    return seconds
+
+
+def _get_batch_row(svc: Service, batch_id: str, dialect: Dialect) -> Any:
+    """The batch ``batch_id`` of ``dialect`` (404 for another dialect's)."""
     row = svc.store.get_batch(batch_id)
-    if row is None:
+    if row is None or row["dialect"] != dialect:
         raise ApiError(404, f"No such Batch object: {batch_id}", param="id", azure_code="notFound")
     return row
 
 
 def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
     """``batches.retrieve``: live status and request counts."""
-    return render_batch(_get_batch_row(_service(request), batch_id))
+    return render_batch(_get_batch_row(_service(request), batch_id, _dialect(request)))
 
 
 def list_batches(request: Request, after: str | None = None,
                  limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
     """``batches.list``: newest first, ``after``/``limit`` pagination."""
+    svc, dialect = _service(request), _dialect(request)
+    if after:
+        anchor = svc.store.get_batch(after)
+        if anchor is not None and anchor["dialect"] != dialect:
+            raise _unknown_cursor(after, "batch")
     try:
-        rows, more = _service(request).store.list_batches(after=after, limit=limit)
+        rows, more = svc.store.list_batches(after=after, limit=limit, dialect=dialect)
     except LookupError:
         raise _unknown_cursor(after, "batch") from None
     return render_list([render_batch(r) for r in rows], more)
@@ -584,22 +700,72 @@ def _unknown_cursor(after: str | None, kind: str) -> ApiError:
 
 def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
     """``batches.cancel``: ``validating``/``in_progress`` -> ``cancelling`` (answers 400, never 409, otherwise)."""
-    svc = _service(request)
-    row = _get_batch_row(svc, batch_id)
+    svc, dialect = _service(request), _dialect(request)
+    row = _get_batch_row(svc, batch_id, dialect)
     if row["status"] == "cancelling":
         return render_batch(row)
     if not svc.store.transition(batch_id, ("validating", "in_progress"), "cancelling", cancelling_at=int(time.time())):
-        row = _get_batch_row(svc, batch_id)
+        row = _get_batch_row(svc, batch_id, dialect)
         raise ApiError(400, f"Cannot cancel a batch with status '{row['status']}'. Only validating or "
                        "in_progress batches can be cancelled.", param="batch_id", code="invalid_state",
                        azure_code="unexpectedEntityState")
     svc.worker.wake()
-    return render_batch(_get_batch_row(svc, batch_id))
+    return render_batch(_get_batch_row(svc, batch_id, dialect))
 
 
-def _chat(svc: Service, dialect: Dialect, deployment: str | None, body: dict[str, Any]) -> dict[str, Any]:
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A live call's JSON body, refused (400) as the batch path refuses a line: not UTF-8, not JSON,
+    NaN/Infinity, an unpaired surrogate escape, a number no 64-bit field holds, or not an object."""
+    from batchkit.lint import _SURROGATE_ESCAPE, _is_unicode_text, _reject_constant
+
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                       "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent "
+                       "was not valid JSON, or not UTF-8.)", code="invalid_json", azure_code="invalidPayload") from None
+    if _SURROGATE_ESCAPE.search(raw) and not _is_unicode_text(value):
+        raise ApiError(400, "The JSON body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                       "a Unicode character. Fix the text that produced it (often a string cut inside an emoji).",
+                       code="invalid_json", azure_code="invalidPayload")
+    if not isinstance(value, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json", azure_code="invalidPayload")
+    bad = _out_of_range(value, "")
+    if bad is not None:
+        raise ApiError(400, f"Invalid '{bad}': number out of range. Expected a value between -2^63 and 2^63-1, "
+                       "but got a larger one instead.", param=bad, code="invalid_value", azure_code="invalidPayload")
+    return value
+
+
+_INT64 = 2**63
+
+
+def _out_of_range(value: Any, path: str) -> str | None:
+    """The path of the first number no 64-bit field can hold (an integer beyond int64, a float beyond double)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path or "body" if not -_INT64 <= value < _INT64 else None
+    if isinstance(value, float):
+        return path or "body" if value != value or value in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _out_of_range(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _out_of_range(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _live(svc: Service, dialect: Dialect, deployment: str | None, body: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """One live call (chat or Responses, by ``endpoint``) on a standard deployment."""
     from batchkit.lint import lint_request_body
 
+    responses = is_responses(endpoint)
     name = deployment or body.get("model")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "You must provide a model parameter.", param="model", code="missing_required_parameter",
@@ -612,41 +778,60 @@ def _chat(svc: Service, dialect: Dialect, deployment: str | None, body: dict[str
         raise ApiError(404, f"The API deployment '{name}' for this resource does not exist. Deployments here: "
                        f"{', '.join(d.name for d in svc.settings.deployments)}.", azure_code="DeploymentNotFound")
     if dialect == "azure" and dep.kind == "globalbatch":
-        raise ApiError(400, f"The chatCompletion operation does not work with the specified model, "
+        operation = "responses" if responses else "chatCompletion"
+        raise ApiError(400, f"The {operation} operation does not work with the specified model, "
                        f"{dep.model_version.split('-20')[0]}. Please choose different model and try again. "
                        f"('{name}' is a Global Batch deployment: send it batch files, or use a standard "
                        "deployment for live calls.)", azure_code="OperationNotSupported")
     if body.get("stream"):
         raise ApiError(400, "Streaming is not supported by this service; send the request without 'stream'.",
                        param="stream", code="unsupported_parameter")
-    for finding in lint_request_body(body, target=dialect):
+    findings = lint_request_body(body, target=dialect, api="responses") if responses else \
+        lint_request_body(body, target=dialect)
+    for finding in findings:
         if finding.severity == "error":
             raise ApiError(400, finding.message, raw_body=finding.error_body())
     try:
-        completion = svc.gate.complete(body, model=dep.model_version)
+        completion = svc.gate.complete(request_for_engine(endpoint, body), model=dep.model_version)
     except Exception as exc:
         status, err = getattr(exc, "status_code", None), getattr(exc, "body", None)
         if isinstance(status, int) and isinstance(err, dict):
             raise ApiError(status, str(err), raw_body=err if "error" in err else {"error": err}) from None
-        log.exception("engine failed on a live chat call")
+        log.exception("engine failed on a live call")
         raise ApiError(500, "The server had an error while processing your request. Sorry about that!",
                        type="server_error", azure_code="internalFailure") from None
-    return decorate_completion(dialect, completion, dep.model_version)
+    return answer_for_client(endpoint, dialect, completion, body, dep.model_version)
 
 
-def deployment_chat(request: Request, deployment: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+async def _live_route(request: Request, deployment: str | None, endpoint: str) -> dict[str, Any]:
+    svc, dialect = _service(request), _dialect(request)
+    body = parse_json_body(await request.body())
+    return await run_in_threadpool(_live, svc, dialect, deployment, body, endpoint)
+
+
+async def deployment_chat(request: Request, deployment: str) -> dict[str, Any]:
     """Azure classic live chat on a deployment (a Global Batch deployment refuses it)."""
-    return _chat(_service(request), "azure", deployment, body)
+    return await _live_route(request, deployment, "/chat/completions")
 
 
-def v1_chat(request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+async def v1_chat(request: Request) -> dict[str, Any]:
     """Live chat with the model (deployment) named in the body."""
-    return _chat(_service(request), _dialect(request), None, body)
+    return await _live_route(request, None, "/chat/completions")
 
 
-def build_router(*, classic: bool, with_v1_chat: bool) -> APIRouter:
-    """The file, batch and chat routes of one prefix."""
-    deps = [Depends(require_api_version)] if classic else []
+async def live_responses(request: Request) -> dict[str, Any]:
+    """``responses.create`` with the model (deployment) named in the body; Structured Outputs in ``text.format``."""
+    if route_dialect(request.url.path)[1]:
+        version = request.query_params.get("api-version")
+        if not responses_allowed(version):
+            raise responses_version_error(str(version))
+    return await _live_route(request, None, "/v1/responses")
+
+
+def build_router(*, classic: bool, with_v1_chat: bool, azure: bool = True) -> APIRouter:
+    """The file, batch, chat and Responses routes of one prefix (``azure``: an Azure prefix, whose
+    api-version is checked: required on the classic one, optional on v1)."""
+    deps = [Depends(require_api_version)] if classic else [Depends(optional_api_version)] if azure else []
     r = APIRouter(dependencies=deps)
     r.add_api_route("/files", upload_file, methods=["POST"], summary="Upload a file (multipart: file, purpose)",
                     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -663,15 +848,93 @@ def build_router(*, classic: bool, with_v1_chat: bool) -> APIRouter:
     r.add_api_route("/batches", list_batches, methods=["GET"], summary="List batches")
     r.add_api_route("/batches/{batch_id}", retrieve_batch, methods=["GET"], summary="Retrieve a batch")
     r.add_api_route("/batches/{batch_id}/cancel", cancel_batch, methods=["POST"], summary="Cancel a batch")
+    live_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
     if classic:
         r.add_api_route("/deployments/{deployment}/chat/completions", deployment_chat, methods=["POST"],
-                        summary="Chat completion on a deployment")
+                        summary="Chat completion on a deployment", openapi_extra=live_body)
     if with_v1_chat:
-        r.add_api_route("/chat/completions", v1_chat, methods=["POST"], summary="Chat completion")
+        r.add_api_route("/chat/completions", v1_chat, methods=["POST"], summary="Chat completion",
+                        openapi_extra=live_body)
+    r.add_api_route("/responses", live_responses, methods=["POST"], summary="Create a response (Responses API)",
+                    openapi_extra=live_body)
     return r
 
 
 # ----- the application -----------------------------------------------------------------------------
+
+
+def delete_expired_files(store: Store, now: float | None = None) -> list[str]:
+    """Delete every file whose ``expires_at`` has passed (bytes and row); returns their ids."""
+    now = time.time() if now is None else now
+    gone = [file_id for file_id in store.expired_files(now) if store.delete_file(file_id)]
+    if gone:
+        log.info("deleted %d expired file(s): %s", len(gone), ", ".join(gone[:10]))
+    return gone
+
+
+async def _sweep_expired_files(store: Store) -> None:
+    while True:
+        try:
+            await run_in_threadpool(delete_expired_files, store)
+        except Exception:  # keep sweeping; the next round retries
+            log.exception("expired-file sweep failed")
+        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """A JSON body passed its limit while it was read (rendered as a 413 in the dialect's envelope)."""
+
+
+def body_limit(path: str, method: str) -> int | None:
+    """The byte limit of a request body on ``path`` (None: no JSON-body limit, e.g. uploads, GETs)."""
+    if method not in ("POST", "PUT", "PATCH") or path.endswith("/files"):
+        return None
+    if path.endswith(("/chat/completions", "/responses")):
+        return MAX_LIVE_BODY
+    return MAX_JSON_BODY
+
+
+def _too_large_message(limit: int) -> str:
+    return (f"The request body is larger than {limit:,} bytes, the limit of this endpoint. Send a smaller body "
+            "(large batches go in a file: files.create with purpose 'batch').")
+
+
+class BodyLimitMiddleware:
+    """Refuse a JSON body over its limit (:func:`body_limit`) before it is read whole.
+
+    A ``Content-Length`` over the limit is answered at once (the body is never read); a body without
+    one (chunked) is counted as it arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        limit = body_limit(scope.get("path", ""), scope.get("method", "")) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            dialect = route_dialect(scope.get("path", ""))[0] or "openai"
+            err = ApiError(413, _too_large_message(limit), code="request_too_large", azure_code="RequestTooLarge")
+            response = error_response(err, dialect)
+            response.headers["x-request-id"] = str(uuid.uuid4())
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(413, _too_large_message(limit), headers={"connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _make_engine(settings: Settings) -> Any:
@@ -697,9 +960,11 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
         app.state.service = Service(settings, store, gate, worker, str(getattr(engine, "name", settings.engine)))
         worker.start()
         record = write_service_record(settings.data_dir, settings.url)
+        sweeper = asyncio.create_task(_sweep_expired_files(store))
         try:
             yield
         finally:
+            sweeper.cancel()
             remove_service_record(record)
             worker.stop()
             close = getattr(engine, "close", None)
@@ -711,14 +976,18 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
                   description="A local Batch service that answers the openai SDK the way Azure OpenAI "
                               "(Global Batch) and OpenAI do.")
 
+    app.add_middleware(BodyLimitMiddleware)
+    #: An empty or blank key means "no key": nothing is checked (the CLI allows that on loopback only).
+    expected_key = (settings.api_key or "").strip().encode()
+
     @app.middleware("http")
     async def envelope(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         dialect, _classic = route_dialect(request.url.path)
         request.state.dialect = dialect or "openai"
         response: Response
-        if dialect is not None and settings.api_key is not None:
+        if dialect is not None and expected_key:
             key = _key_of(request)
-            if key is None or not hmac.compare_digest(key.encode(), settings.api_key.encode()):
+            if key is None or not hmac.compare_digest(key.encode(), expected_key):
                 response = error_response(unauthorized(dialect), dialect)
                 response.headers["x-request-id"] = str(uuid.uuid4())
                 return response
@@ -733,6 +1002,11 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if tuple(first.get("loc", ())) == ("query", "api-version"):
+            try:
+                check_api_version(None, v1=False)
+            except ApiError as missing:
+                return error_response(missing, _dialect(request))
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
         if first.get("type") == "missing":
@@ -750,9 +1024,18 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
         if exc.status_code == 404:
             err = ApiError(404, f"Invalid URL ({request.method} {request.url.path})" if dialect == "openai"
                            else "Resource not found", azure_code="404")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            err = ApiError(405, f"Method {request.method} is not allowed on {request.url.path}; use {allow or 'another method'}.",
+                           code="method_not_allowed", azure_code="MethodNotAllowed")
+        elif exc.status_code == 413:
+            err = ApiError(413, str(exc.detail), code="request_too_large", azure_code="RequestTooLarge")
         else:
             err = ApiError(exc.status_code, str(exc.detail), azure_code=str(exc.status_code))
-        return error_response(err, dialect)
+        response = error_response(err, dialect)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.get("/healthz", summary="Liveness: answers when the service is ready")
     def healthz(request: Request) -> dict[str, Any]:
@@ -762,7 +1045,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
 
     app.include_router(build_router(classic=False, with_v1_chat=True), prefix="/openai/v1")
     app.include_router(build_router(classic=True, with_v1_chat=False), prefix="/openai")
-    app.include_router(build_router(classic=False, with_v1_chat=True), prefix="/v1")
+    app.include_router(build_router(classic=False, with_v1_chat=True, azure=False), prefix="/v1")
     return app
 
 

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import (
     DEFAULT_DEPLOYMENTS,
@@ -60,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=Path(env("LOCALBATCH_DATA_DIR", ".localbatch")),
                        help="state directory: SQLite database and file bytes (env LOCALBATCH_DATA_DIR; default .localbatch)")
     serve.add_argument("--api-key", default=None,
-                       help="the key clients must send (default: env LOCALBATCH_API_KEY; unset: no key checked)")
+                       help="the key clients must send. Visible to every user of this machine in `ps`: prefer env "
+                            "LOCALBATCH_API_KEY or --api-key-file. Empty or blank = no key (loopback only)")
+    serve.add_argument("--api-key-file", type=Path, default=None,
+                       help="read the key from this file (its first line; env LOCALBATCH_API_KEY_FILE)")
     serve.add_argument("--engine", default=env("LOCALBATCH_ENGINE", "llama"), choices=("llama", "synthetic", "forward"),
                        help="what answers requests (env LOCALBATCH_ENGINE; default llama)")
     serve.add_argument("--engine-option", action="append", type=_engine_option, default=[], metavar="KEY=VALUE",
@@ -98,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inject faults into every batch, e.g. '{\"seed\": 1, \"http_error\": 0.05}' (env "
                             "LOCALBATCH_FAULTS; keys in docs/reliability.md); a batch's metadata key "
                             "localbatch_faults replaces it")
+    serve.add_argument("--header-timeout", type=float, default=env_float("LOCALBATCH_HEADER_TIMEOUT", 10.0),
+                       help="seconds a connection may take to send a request's headers before it is closed "
+                            "(env LOCALBATCH_HEADER_TIMEOUT; default 10)")
+    serve.add_argument("--keep-alive-timeout", type=float, default=env_float("LOCALBATCH_KEEP_ALIVE_TIMEOUT", 5.0),
+                       help="seconds an idle keep-alive connection stays open (env LOCALBATCH_KEEP_ALIVE_TIMEOUT; default 5)")
     serve.add_argument("--log-level", default=env("LOCALBATCH_LOG_LEVEL", "warning"),
                        choices=("debug", "info", "warning", "error"), help="server log level (default warning)")
     stop = sub.add_parser("stop", help="stop a running service (e.g. one that batchkit.connect() started)",
@@ -112,9 +121,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file, LOCALBATCH_API_KEY_FILE or LOCALBATCH_API_KEY (first set
+    wins); an empty or blank key is no key (None)."""
+    if args.api_key is not None:
+        raw: str | None = args.api_key
+    else:
+        path = args.api_key_file or (Path(os.environ["LOCALBATCH_API_KEY_FILE"])
+                                     if os.environ.get("LOCALBATCH_API_KEY_FILE") else None)
+        if path is not None:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read the key file {path}: {exc.strerror or exc}; fix --api-key-file "
+                                 "or LOCALBATCH_API_KEY_FILE") from None
+            raw = lines[0] if lines else ""
+        else:
+            raw = os.environ.get("LOCALBATCH_API_KEY")
+    key = (raw or "").strip()
+    return key or None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Turn parsed arguments into Settings; raises ValueError with the fix for bad combinations."""
-    api_key = args.api_key if args.api_key is not None else os.environ.get("LOCALBATCH_API_KEY") or None
+    api_key = resolve_api_key(args)
     if not is_loopback(args.host) and not api_key:
         raise ValueError(f"Refusing to listen on {args.host} without a key: anyone on the network could use the "
                          "service. Set LOCALBATCH_API_KEY (or pass --api-key), or bind 127.0.0.1.")
@@ -145,7 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         file_processing_delay=args.file_processing_delay, validating_seconds=args.validating_seconds,
         finalizing_seconds=args.finalizing_seconds, completion_window_seconds=args.completion_window_seconds,
         token_quota=args.token_quota, max_file_bytes=args.max_file_bytes, max_concurrency=args.max_concurrency,
-        faults=args.faults,
+        faults=args.faults, header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
     )
 
 
@@ -167,7 +197,60 @@ def serve(settings: Settings, log_level: str = "warning") -> None:
     print(f"localbatch: serving on {url} (engine {settings.engine}, data {settings.data_dir}, "
           f"key {'required' if settings.api_key else 'not checked'}); stop it with: python -m localbatch stop "
           f"--url {url}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    if not settings.api_key:
+        logging.getLogger("localbatch").warning(
+            "NO API KEY: every request is accepted without a key; any program on this machine can use the "
+            "service. Set LOCALBATCH_API_KEY (or --api-key-file) to require one.")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                http=guarded_h11(settings.header_timeout), timeout_keep_alive=max(1, int(round(settings.keep_alive_timeout))))
+
+
+def guarded_h11(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with a header deadline: a connection that has not sent a request's
+    complete headers within ``header_timeout`` seconds of its start (or of the end of its previous
+    response) is closed, so half-open and slow-header connections do not pile up."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _waiting(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._waiting():
+                self._disarm()
+            elif self._header_timer is None:
+                self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm()  # idle now: the keep-alive timeout applies until the next bytes arrive
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
 
 
 def _healthz_pid(url: str, timeout: float = 2.0) -> int | None:

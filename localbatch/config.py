@@ -90,6 +90,10 @@ class Settings:
     tick_seconds: float = 0.05
     #: Service-wide fault spec (JSON text, see localbatch.faults); a batch's own spec replaces it.
     faults: str | None = None
+    #: Seconds a connection may take to send a request's complete headers.
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection stays open.
+    keep_alive_timeout: float = 5.0
 
     def deployment(self, name: str) -> Deployment | None:
         """The declared deployment called ``name``, or None."""

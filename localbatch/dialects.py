@@ -21,6 +21,69 @@ UPLOAD_PURPOSES: dict[str, frozenset[str]] = {
     "azure": frozenset({"fine-tune", "fine-tune-results", "assistants", "assistants_output", "batch"}),
 }
 
+#: The ``api-version`` values the Azure classic routes (``/openai/...``) accept: the data-plane
+#: versions that carry the files and batches routes. Batch arrived in 2024-07-01-preview and went GA
+#: in 2024-10-21 (spec/batch-api.md §1.4, from the Azure OpenAI API version lifecycle page); the later
+#: previews are the ones that page lists after it. Any other value is refused as Azure refuses it.
+AZURE_API_VERSIONS: tuple[str, ...] = (
+    "2024-07-01-preview",
+    "2024-08-01-preview",
+    "2024-09-01-preview",
+    "2024-10-01-preview",
+    "2024-10-21",
+    "2024-12-01-preview",
+    "2025-01-01-preview",
+    "2025-02-01-preview",
+    "2025-03-01-preview",
+    "2025-04-01-preview",
+)
+#: The first classic version with the Responses API (spec/batch-api.md §1.3: the v1 surface has it
+#: without any version); Responses calls and batches on ``/openai/...`` need this one or a later one.
+AZURE_RESPONSES_SINCE = "2025-03-01-preview"
+#: ``api-version`` values the Azure v1 routes (``/openai/v1/...``) accept besides none at all
+#: (spec/batch-api.md §1.3: GA paths need none; preview features take ``preview``).
+AZURE_V1_API_VERSIONS: tuple[str, ...] = ("preview", "latest")
+
+
+def api_version_error(value: str, *, v1: bool) -> "ApiError":
+    """The 400 Azure answers for an ``api-version`` it does not serve (observed text, then the fix)."""
+    if v1:
+        fix = "The /openai/v1 routes need no api-version: leave it out (or pass 'preview')."
+    else:
+        fix = (f"Use one of: {', '.join(AZURE_API_VERSIONS)} (GA: 2024-10-21), e.g. "
+               "AzureOpenAI(api_version=\"2024-10-21\").")
+    return ApiError(400, f"API version not supported: {value!r}. {fix}", azure_code="BadRequest",
+                    param="api-version", code="unsupported_api_version")
+
+
+def check_api_version(value: str | None, *, v1: bool) -> None:
+    """Refuse an ``api-version`` the route does not serve (classic routes need one of the list)."""
+    if v1:
+        if value is not None and value not in AZURE_V1_API_VERSIONS:
+            raise api_version_error(value, v1=True)
+        return
+    if not value:
+        raise ApiError(400, "The api-version query parameter (?api-version=) is required for all requests, "
+                       "e.g. ?api-version=2024-10-21.", azure_code="MissingApiVersionParameter", param="api-version")
+    if value not in AZURE_API_VERSIONS:
+        raise api_version_error(value, v1=False)
+
+
+def responses_allowed(api_version: str | None) -> bool:
+    """True when a classic ``api-version`` carries the Responses API (None: a v1 route, always)."""
+    if api_version is None:
+        return True
+    return AZURE_API_VERSIONS.index(api_version) >= AZURE_API_VERSIONS.index(AZURE_RESPONSES_SINCE) \
+        if api_version in AZURE_API_VERSIONS else False
+
+
+def responses_version_error(api_version: str) -> "ApiError":
+    """The 400 for a Responses call or batch on a classic version that predates the Responses API."""
+    return ApiError(400, f"Azure OpenAI Responses API is enabled only for api-version {AZURE_RESPONSES_SINCE} and "
+                    f"later (this request has {api_version}). Pass api_version=\"{AZURE_RESPONSES_SINCE}\" or "
+                    "use the /openai/v1 routes.", azure_code="BadRequest", param="api-version")
+
+
 #: Messages of error lines for requests that never ran (spec §5.2 shape 2).
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
@@ -100,6 +163,13 @@ def decorate_completion(dialect: Dialect, completion: dict[str, Any], model_vers
         body["id"] = "chatcmpl-" + "".join(secrets.choice(_BASE62) for _ in range(29))
     if not body.get("system_fingerprint"):
         body["system_fingerprint"] = "fp_localbatch"
+    if dialect == "openai":  # OpenAI sends the tier and the token-detail objects (SDK CompletionUsage)
+        body.setdefault("service_tier", "default")
+        usage = dict(body.get("usage") or {})
+        usage.setdefault("prompt_tokens_details", {"cached_tokens": 0, "audio_tokens": 0})
+        usage.setdefault("completion_tokens_details", {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0})
+        body["usage"] = usage
     if dialect == "azure":
         choices = []
         for choice in body.get("choices") or []:

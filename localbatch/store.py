@@ -100,7 +100,40 @@ CREATE TABLE IF NOT EXISTS fault_creates (
 ADDED_COLUMNS = (
     ("batches", "faults", "TEXT"),
     ("batches", "fault_token_limit", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "output_expires_after", "INTEGER"),
+    ("batches", "usage_input_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "usage_cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "usage_output_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "usage_reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
 )
+
+
+def line_usage(line: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(input, cached, output, reasoning) tokens of one result line's body ``usage``.
+
+    Chat bodies count ``prompt_tokens``/``completion_tokens`` (details under
+    ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``);
+    Responses bodies count ``input_tokens``/``output_tokens`` (``input_tokens_details``,
+    ``output_tokens_details``). A line without a response body counts nothing.
+    """
+    response = line.get("response") if isinstance(line, dict) else None
+    body = response.get("body") if isinstance(response, dict) else None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0
+
+    def number(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    if "input_tokens" in usage:
+        details_in, details_out = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+        tokens_in, tokens_out = usage.get("input_tokens"), usage.get("output_tokens")
+    else:
+        details_in, details_out = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    cached = number(details_in.get("cached_tokens")) if isinstance(details_in, dict) else 0
+    reasoning = number(details_out.get("reasoning_tokens")) if isinstance(details_out, dict) else 0
+    return number(tokens_in), cached, number(tokens_out), reasoning
 
 class _Rollback(Exception):
     """Raised inside ``Store.transaction`` to undo it quietly."""
@@ -205,14 +238,25 @@ class Store:
         return self._one("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,))
 
     def list_files(
-        self, *, purpose: str | None, after: str | None, limit: int, order: str
+        self, *, purpose: str | None, after: str | None, limit: int, order: str, dialect: str | None = None
     ) -> tuple[list[sqlite3.Row], bool]:
         """A page of live files in creation order (``asc``/``desc``) after the file ``after``.
 
+        ``dialect``: only the files created in that dialect (None: all).
+
         Raises LookupError when no file (live or deleted) has the id ``after``.
         """
-        return self._page("files", "deleted = 0" + (" AND purpose = ?" if purpose else ""),
-                          (purpose,) if purpose else (), after, limit, order)
+        where, args = "deleted = 0", ()
+        if purpose:
+            where, args = where + " AND purpose = ?", (*args, purpose)
+        if dialect:
+            where, args = where + " AND dialect = ?", (*args, dialect)
+        return self._page("files", where, args, after, limit, order)
+
+    def expired_files(self, now: float) -> list[str]:
+        """Ids of live files whose ``expires_at`` has passed."""
+        return [r["id"] for r in self._all(
+            "SELECT id FROM files WHERE deleted = 0 AND expires_at IS NOT NULL AND expires_at <= ?", (int(now),))]
 
     def delete_file(self, file_id: str) -> bool:
         """Mark ``file_id`` deleted and remove its bytes; False if it did not exist."""
@@ -254,8 +298,13 @@ class Store:
         """The batch ``batch_id`` or None."""
         return self._one("SELECT * FROM batches WHERE id = ?", (batch_id,))
 
-    def list_batches(self, *, after: str | None, limit: int) -> tuple[list[sqlite3.Row], bool]:
-        """A page of batches, newest first, after the batch ``after`` (LookupError: no such batch)."""
+    def list_batches(self, *, after: str | None, limit: int, dialect: str | None = None) -> tuple[list[sqlite3.Row], bool]:
+        """A page of batches, newest first, after the batch ``after`` (LookupError: no such batch).
+
+        ``dialect``: only the batches created in that dialect (None: all).
+        """
+        if dialect:
+            return self._page("batches", "dialect = ?", (dialect,), after, limit, "desc")
         return self._page("batches", "1 = 1", (), after, limit, "desc")
 
     def active_batches(self) -> list[sqlite3.Row]:
@@ -362,7 +411,10 @@ class Store:
                 return False
             db.execute("UPDATE requests SET done = 1 WHERE batch_id = ? AND custom_id = ?", (batch_id, custom_id))
             column = "completed" if kind == "output" else "failed"
-            db.execute(f"UPDATE batches SET {column} = {column} + 1 WHERE id = ?", (batch_id,))
+            db.execute(f"UPDATE batches SET {column} = {column} + 1, usage_input_tokens = usage_input_tokens + ?,"
+                       " usage_cached_tokens = usage_cached_tokens + ?, usage_output_tokens = usage_output_tokens + ?,"
+                       " usage_reasoning_tokens = usage_reasoning_tokens + ? WHERE id = ?",
+                       (*line_usage(line), batch_id))
         return True
 
     def result_count(self, batch_id: str) -> int:
