@@ -692,10 +692,10 @@ def list_batches(request: Request, after: str | None = None,
 
 
 def _unknown_cursor(after: str | None, kind: str) -> ApiError:
-    """The 400 for a list ``after`` cursor that names no object."""
-    return ApiError(400, f"Invalid 'after': no {kind} with id '{after}'. Pass the id of the last item of the "
+    """The 404 for a list ``after`` cursor that names no object (of this dialect)."""
+    return ApiError(404, f"Invalid 'after': no {kind} with id '{after}'. Pass the id of the last item of the "
                     "previous page, or leave 'after' out to start from the first page.",
-                    param="after", code="invalid_value", azure_code="invalidPayload")
+                    param="after", code=None, azure_code="notFound")
 
 
 def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
@@ -937,6 +937,18 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (from the OpenAPI document's paths)."""
+    import re
+
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete")}
+    return ", ".join(sorted(methods))
+
+
 def _make_engine(settings: Settings) -> Any:
     from .engines import create_engine
 
@@ -1025,7 +1037,8 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
             err = ApiError(404, f"Invalid URL ({request.method} {request.url.path})" if dialect == "openai"
                            else "Resource not found", azure_code="404")
         elif exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
+            allow = _allowed_methods(request)
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
             err = ApiError(405, f"Method {request.method} is not allowed on {request.url.path}; use {allow or 'another method'}.",
                            code="method_not_allowed", azure_code="MethodNotAllowed")
         elif exc.status_code == 413:
@@ -1042,6 +1055,18 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
         svc: Service = request.app.state.service
         return {"status": "ok", "engine": svc.engine_name, "pid": os.getpid(),
                 "deployments": {d.name: d.kind for d in svc.settings.deployments}}
+
+    def openapi_contract() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from .openapi import contract
+
+            app.openapi_schema = contract(get_openapi(title=app.title, version=app.version,
+                                                      description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi_contract  # type: ignore[method-assign]
 
     app.include_router(build_router(classic=False, with_v1_chat=True), prefix="/openai/v1")
     app.include_router(build_router(classic=True, with_v1_chat=False), prefix="/openai")

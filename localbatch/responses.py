@@ -161,7 +161,8 @@ def _usage(usage: Any) -> dict[str, Any]:
     completion_details = usage.get("completion_tokens_details") or {}
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": int(prompt_details.get("cached_tokens") or 0)},
+        "input_tokens_details": {"cached_tokens": int(prompt_details.get("cached_tokens") or 0),
+                                 "cache_write_tokens": int(prompt_details.get("cache_write_tokens") or 0)},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": int(completion_details.get("reasoning_tokens") or 0)},
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),

@@ -352,10 +352,10 @@ def test_batch_list_pagination(fast_service: Any) -> None:
 
 
 @pytest.mark.parametrize("dialect", ["azure", "openai"])
-def test_an_unknown_list_cursor_is_a_400_not_the_first_page_again(fast_service: Any, dialect: str) -> None:
+def test_an_unknown_list_cursor_is_a_404_not_the_first_page_again(fast_service: Any, dialect: str) -> None:
     client = client_for(dialect, fast_service)
     for listing, kind in ((client.files.list, "file"), (client.batches.list, "batch")):
-        with pytest.raises(openai.BadRequestError) as info:
+        with pytest.raises(openai.NotFoundError) as info:
             listing(after="no-such-id", limit=1)
         assert f"no {kind} with id 'no-such-id'" in str(info.value)
     gone = upload(client, jsonl([chat_line("gone")]), wait=False)["id"]
