@@ -114,16 +114,24 @@ def error_response(exc: ApiError, dialect: Dialect) -> JSONResponse:
     return JSONResponse(exc.body(dialect), status_code=exc.status, headers=headers)
 
 
-def _key_of(request: Request) -> str | None:
-    """The key a request carries: the ``api-key`` header, else an ``Authorization: Bearer`` token
-    (an API key, or on Azure an Entra ID token). Blank values count as no key."""
-    key = request.headers.get("api-key", "").strip()
-    if key:
-        return key
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
+def _credentials(request: Request) -> list[str]:
+    """Every credential a request presents: the ``api-key`` header and the ``Authorization: Bearer``
+    token (an API key, or on Azure an Entra ID token), each as sent (blank ones included)."""
+    found = []
+    if "api-key" in request.headers:
+        found.append(request.headers["api-key"].strip())
+    if "authorization" in request.headers:
+        auth = request.headers["authorization"]
+        found.append(auth[7:].strip() if auth[:7].lower() == "bearer " else "")
+    return found
+
+
+def authorized(request: Request, expected: bytes) -> bool:
+    """True when the request presents a credential and every one it presents is the key (a wrong or
+    blank one is never rescued by another); compared in constant time."""
+    presented = _credentials(request)
+    results = [hmac.compare_digest(c.encode(), expected) for c in presented]
+    return bool(results) and all(results)
 
 
 def unauthorized(dialect: Dialect) -> ApiError:
@@ -998,8 +1006,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
         request.state.dialect = dialect or "openai"
         response: Response
         if dialect is not None and expected_key:
-            key = _key_of(request)
-            if key is None or not hmac.compare_digest(key.encode(), expected_key):
+            if not authorized(request, expected_key):
                 response = error_response(unauthorized(dialect), dialect)
                 response.headers["x-request-id"] = str(uuid.uuid4())
                 return response
