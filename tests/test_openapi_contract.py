@@ -1,29 +1,28 @@
-"""/openapi.json as a contract: schemathesis generates requests from it (valid and invalid, with the
-api-key header and with a bearer token in turn) against a running service and checks every answer
-(status declared, body matches its schema, invalid data refused, valid data accepted, 401 without
-a key, 405 with Allow, ...). Any failure of any kind fails the test.
+"""/openapi.json as a contract: schemathesis generates requests from it (valid and invalid ones)
+against a running service and runs every check it has (status declared, body matches its schema,
+invalid data refused, valid data accepted, 401 for bad credentials, 405 with Allow, ...), once with
+the api-key header and once with a bearer token. Any failure of any kind fails the test.
 
-Cases per operation: LOCALBATCH_CONTRACT_EXAMPLES (default 12, a few hundred in all); the README
-gives the command for a longer run."""
+Examples per operation: LOCALBATCH_CONTRACT_EXAMPLES (default 5: about 1,700 cases per header with
+the coverage phase); the README gives the command for a longer run."""
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections import Counter
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, settings
 
 from conftest import API_KEY
 from localbatch.launcher import start_service
 
-EXAMPLES = int(os.environ.get("LOCALBATCH_CONTRACT_EXAMPLES", "12"))
-CASES: Counter[str] = Counter()
-_AUTH = itertools.cycle(({"api-key": API_KEY}, {"Authorization": f"Bearer {API_KEY}"}))
+EXAMPLES = int(os.environ.get("LOCALBATCH_CONTRACT_EXAMPLES", "5"))
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 pytestmark = pytest.mark.contract
 
@@ -36,21 +35,21 @@ def contract_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
     handle.stop()
 
 
-@pytest.fixture(scope="module")
-def api_schema(contract_service: Any) -> Any:
-    return schemathesis.openapi.from_url(f"{contract_service.base_url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
-def test_every_answer_keeps_the_contract(case: Any) -> None:
-    headers = next(_AUTH)
-    CASES["api-key" if "api-key" in headers else "bearer"] += 1
-    case.call_and_validate(headers=headers)
+@pytest.mark.parametrize("header", [f"api-key: {API_KEY}", f"Authorization: Bearer {API_KEY}"],
+                         ids=["api-key", "bearer"])
+def test_schemathesis_finds_no_failure_of_any_kind(contract_service: Any, header: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SCHEMATHESIS), "run", f"{contract_service.base_url}/openapi.json", "-H", header,
+         "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", "20261201", "--workers", "1",
+         "--suppress-health-check", "all", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    tail = done.stdout[-6000:]
+    assert done.returncode == 0, tail + done.stderr[-2000:]
+    counted = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+    assert counted, tail
+    generated, passed = int(counted[1]), int(counted[2])
+    print(f"schemathesis ({header.split(':')[0]}): {generated} cases generated, {passed} passed")
+    assert generated == passed and generated >= 300, tail
 
 
 def test_the_document_declares_security_errors_and_answer_schemas(contract_service: Any) -> None:
@@ -69,11 +68,3 @@ def test_the_document_declares_security_errors_and_answer_schemas(contract_servi
         version = [p for p in op.get("parameters", []) if p["name"] == "api-version"]
         if path.startswith("/openai/") and not path.startswith("/openai/v1/"):
             assert version and version[0]["required"] is True, (path, method)
-
-
-def test_both_auth_headers_were_used_in_a_few_hundred_cases() -> None:
-    if not CASES:
-        pytest.skip("the generated cases did not run in this session")
-    assert CASES["api-key"] > 0 and CASES["bearer"] > 0
-    if EXAMPLES >= 12:
-        assert sum(CASES.values()) >= 200, CASES
