@@ -874,10 +874,39 @@ def lint_batch_metadata(metadata: Any) -> list[Finding]:
 # --------------------------------------------------------------------------------------------
 
 
+#: Longest request line read from a file, in bytes: 8 MiB. Neither service documents a per-line
+#: limit (only 200 MB per file); a longer line fails the batch (``line_too_large``) and is never read
+#: whole, so a huge line cannot exhaust memory.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+class _OversizedLine(bytes):
+    """Stands for a line longer than MAX_LINE_BYTES that was skipped, not read; ``size`` is its length."""
+
+    size: int = 0
+
+
+def _bounded_lines(fh: Any) -> Iterator[bytes]:
+    """The lines of a binary file, none read beyond MAX_LINE_BYTES: a longer one is skipped in
+    chunks and stands as an `_OversizedLine` carrying its size."""
+    readline = fh.readline
+    limit = MAX_LINE_BYTES + 1
+    while line := readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            size = len(line)
+            while (rest := readline(1024 * 1024)) and not rest.endswith(b"\n"):
+                size += len(rest)
+            marker = _OversizedLine()
+            marker.size = size + len(rest)
+            yield marker
+            continue
+        yield line
+
+
 def _iter_lines(source: Any) -> Iterator[bytes]:
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as fh:
-            yield from fh
+            yield from _bounded_lines(fh)
         return
     if isinstance(source, (bytes, bytearray)):
         yield from bytes(source).splitlines(keepends=True)
@@ -974,6 +1003,18 @@ class BatchFileLinter:
             ))
         return out
 
+    def _oversized(self, size: int) -> list[Finding]:
+        """A line over MAX_LINE_BYTES (skipped unread): it fails the batch with its line number."""
+        self.line_no += 1
+        out = self._count(size)
+        self._count_request(out)
+        out.append(self._batch(
+            "line_too_large", "batch.line_too_large", "",
+            f"This line is {size:,} bytes long; a request line may be at most {MAX_LINE_BYTES:,} bytes.",
+            "Shorten the request (split long inputs across several requests).",
+        ))
+        return out
+
     def _count_request(self, out: list[Finding]) -> None:
         self.requests += 1
         if self.requests > self.limit_lines and not self.too_many:
@@ -991,6 +1032,8 @@ class BatchFileLinter:
         # byte for byte the previous line's. It is decoded into typed structs (msgspec) that keep
         # each parameter as its raw JSON text, so comparing parameters is comparing bytes, and
         # nothing is changed until every check passed; any doubt goes to the full path below.
+        if isinstance(raw, _OversizedLine):
+            return self._oversized(raw.size)
         line_no = self.line_no + 1
         size = self.total_bytes + len(raw)
         url_ok, model_ok = self._url_ok, self._model_ok
@@ -1497,7 +1540,7 @@ def lint_batch_file(
     feed = linter.feed
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as handle:
-            for raw in handle:
+            for raw in _bounded_lines(handle):
                 found = feed(raw)
                 if found:
                     yield from found

@@ -461,4 +461,10 @@ def test_every_rule_of_the_linter_has_a_breaking_example() -> None:
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}))}
     for metadata in ("tag", {"x": 1}, {f"k{i}": "v" for i in range(17)}, {"k" * 65: "v"}, {"x": "v" * 513}):
         produced |= {f.rule for f in lint_batch_metadata(metadata)}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # a line over the line-size limit, read from a file
+        big = Path(folder) / "big.jsonl"
+        big.write_bytes(b'{"custom_id": "' + b"x" * module.MAX_LINE_BYTES + b'"}\n')
+        produced |= {f.rule for f in module.lint_batch_file(big, target="azure")}
     assert declared <= produced, sorted(declared - produced)

@@ -268,3 +268,45 @@ def test_idle_keep_alive_connections_are_closed(edge_service: Any) -> None:
         while sock.recv(65536):
             pass
         assert time.monotonic() - started < 4  # --keep-alive-timeout 1
+
+
+# ----- batch lines over the line-size limit -----------------------------------------------------------------
+
+
+def test_a_line_over_the_limit_fails_with_its_number_and_is_never_read_whole(tmp_path: Path) -> None:
+    from batchkit.lint import MAX_LINE_BYTES, lint_batch_file
+
+    from conftest import chat_line, jsonl
+
+    path = tmp_path / "big.jsonl"
+    with path.open("wb") as fh:
+        fh.write(jsonl([chat_line("small-1"), chat_line("small-2")]))
+        fh.write(b'{"custom_id": "huge", "method": "POST", "url": "/chat/completions", "body": {"model": "gpt-4o-batch", '
+                 b'"messages": [{"role": "user", "content": "')
+        for _ in range(150):
+            fh.write(b"y" * MIB)  # a 150 MiB line
+        fh.write(b'"}]}}\n')
+        fh.write(jsonl([chat_line("small-4")]))
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    findings = [f for f in lint_batch_file(path, target="azure") if f.severity == "error"]
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    assert [(f.line, f.code) for f in findings] == [(3, "line_too_large")]
+    assert f"{MAX_LINE_BYTES:,} bytes" in findings[0].message
+    assert grown < 50, f"the lint's peak memory grew by {grown:.0f} MiB"
+
+
+def test_the_service_fails_such_a_batch_with_bounded_memory(edge_service: Any, tmp_path: Path) -> None:
+    from conftest import chat_line, jsonl, run_batch
+
+    content = jsonl([chat_line("a")]) + b'{"custom_id": "b", "body": "' + b"z" * (150 * MIB) + b'"}\n'
+    _, hwm_before = rss_mib(edge_service.pid)
+    client = openai.AzureOpenAI(azure_endpoint=edge_service.base_url, api_key=API_KEY, api_version=API_VERSION,
+                                max_retries=0, timeout=120)
+    batch = run_batch(client, content, timeout=120)
+    _, hwm_after = rss_mib(edge_service.pid)
+    assert batch["status"] == "failed"
+    (error,) = batch["errors"]["data"]
+    assert (error["code"], error["line"]) == ("line_too_large", 2)
+    assert hwm_after - hwm_before < 50, f"the service's peak memory grew by {hwm_after - hwm_before:.0f} MiB"
