@@ -29,6 +29,8 @@ FAST_TOKEN_QUOTA = 50_000
 #: Settings of slow_service that tests rely on.
 SLOW_ENGINE_DELAY = 0.25
 SLOW_WINDOW_SECONDS = 4.0
+#: Read timeout of the test clients: a live call on the real model can take a minute on two busy cores.
+CLIENT_TIMEOUT = 180
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory, name: str, engine: str, extra: list[str]) -> Any:
@@ -74,21 +76,21 @@ def azure_client(handle: Any, *, api_key: str = API_KEY, api_version: str = API_
     from openai import AzureOpenAI
 
     return AzureOpenAI(azure_endpoint=handle.base_url, api_key=api_key,  # type: ignore[attr-defined]
-                       api_version=api_version, max_retries=0, timeout=60)
+                       api_version=api_version, max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 def openai_client(handle: Any, *, api_key: str = API_KEY) -> Any:
     """OpenAI on the OpenAI routes (``/v1/...``)."""
     from openai import OpenAI
 
-    return OpenAI(base_url=handle.base_url + "/v1", api_key=api_key, max_retries=0, timeout=60)  # type: ignore[attr-defined]
+    return OpenAI(base_url=handle.base_url + "/v1", api_key=api_key, max_retries=0, timeout=CLIENT_TIMEOUT)  # type: ignore[attr-defined]
 
 
 def azure_v1_client(handle: Any, *, api_key: str = API_KEY) -> Any:
     """OpenAI pointed at the Azure v1 routes (``/openai/v1/...``)."""
     from openai import OpenAI
 
-    return OpenAI(base_url=handle.base_url + "/openai/v1", api_key=api_key, max_retries=0, timeout=60)  # type: ignore[attr-defined]
+    return OpenAI(base_url=handle.base_url + "/openai/v1", api_key=api_key, max_retries=0, timeout=CLIENT_TIMEOUT)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
