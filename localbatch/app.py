@@ -58,6 +58,7 @@ from .dialects import (
     responses_version_error,
 )
 from .responses import answer_for_client, is_responses, request_for_engine
+from .durable import crash_moments, crash_point, staging_path, sync_and_rename
 from .faults import at_create
 from .store import Store
 from .worker import EngineGate, Worker
@@ -448,9 +449,11 @@ async def upload_file(request: Request) -> dict[str, Any]:
 
     The file bytes go straight to disk under the data directory (never to a temporary spool), and
     the size limit is enforced as they arrive, so a body without Content-Length is cut off at the limit.
-    When ``purpose`` precedes ``file`` (as the SDK sends them) it is checked before any byte is written
-    and the bytes go to the file's final path; otherwise they go to ``.upload-<id>.part`` next to it,
-    renamed once the whole body is read and checked. The file is removed on any failure.
+    When ``purpose`` precedes ``file`` (as the SDK sends them) it is checked before any byte is written.
+    The bytes go to the staging name ``.<id>.part`` next to the final path and are flushed to disk and
+    renamed once the whole body is read and checked; the row is committed after the rename, so a
+    crash leaves no listed file incomplete (start-up removes what it leaves). The file is removed on
+    any failure.
     """
     svc, dialect = _service(request), _dialect(request)
     limit = svc.settings.max_file_bytes
@@ -463,13 +466,12 @@ async def upload_file(request: Request) -> dict[str, Any]:
                        azure_code="invalidPayload")
     file_id = new_file_id(dialect)
     final = svc.store.file_path(file_id)
-    staged = final.with_name(f".upload-{file_id}.part")
+    staged = staging_path(final)
 
     def destination(fields: dict[str, str], filename: str) -> Path:
-        if "purpose" not in fields:
-            return staged
-        _check_purpose(fields["purpose"], Path(filename or "upload").name, dialect)
-        return final
+        if "purpose" in fields:
+            _check_purpose(fields["purpose"], Path(filename or "upload").name, dialect)
+        return staged
 
     upload = _StreamedUpload(boundary, limit, destination)
     try:
@@ -478,6 +480,7 @@ async def upload_file(request: Request) -> dict[str, Any]:
                 upload.feed(chunk)
                 if upload.pending >= UPLOAD_CHUNK:
                     await run_in_threadpool(upload.flush)
+                    crash_point("upload")
                 if upload.ended:  # bytes after the closing boundary are not read
                     break
             upload.finish()
@@ -498,9 +501,9 @@ async def upload_file(request: Request) -> dict[str, Any]:
         expires_at = _expires_after(upload.fields, dialect, created)
         if expires_at is None and dialect == "openai" and purpose == "batch":
             expires_at = created + OPENAI_BATCH_FILE_TTL
-        if upload.path != final:
-            upload.path.replace(final)
-            upload.path = final
+        await run_in_threadpool(sync_and_rename, upload.path, final)
+        upload.path = final
+        crash_point("upload-renamed")
         outcome, details, ready_at = "processed", None, now
         if dialect == "azure":
             ready_at = now + svc.settings.file_processing_delay
@@ -969,7 +972,12 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        crash_moments()  # an unknown LOCALBATCH_CRASH_AT moment stops the start
         store = Store(settings.data_dir)
+        removed = store.remove_orphan_files()  # before anything writes: what a crash left behind
+        if removed:
+            log.warning("removed %d file(s) no row refers to from %s (left by a crash): %s",
+                        len(removed), store.files_dir, ", ".join(removed))
         engine = engine_factory(settings)
         gate = EngineGate(engine, int(getattr(engine, "max_concurrency", 1) or 1),
                           delay=settings.engine_delay if settings.engine == "synthetic" else 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -265,6 +266,25 @@ class Store:
         if cur.rowcount:
             self.file_path(file_id).unlink(missing_ok=True)
         return bool(cur.rowcount)
+
+    def remove_orphan_files(self) -> list[str]:
+        """Remove every entry of the files folder that is not the bytes of a live file row.
+
+        Call it before anything writes files (at start-up): what it finds was left by a crash, an
+        unfinished upload or result file (a staging name), a complete one whose row was never
+        committed, or the bytes of a file deleted just before the crash. Returns the removed names.
+        """
+        live = {r["id"] for r in self._all("SELECT id FROM files WHERE deleted = 0")}
+        removed = []
+        for entry in sorted(self.files_dir.iterdir()):
+            if entry.name in live and entry.is_file():
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        return removed
 
     def _page(
         self, table: str, where: str, args: tuple[Any, ...], after: str | None, limit: int, order: str

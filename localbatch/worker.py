@@ -27,6 +27,7 @@ from .dialects import (
     response_line,
 )
 from .responses import answer_for_client, request_for_engine
+from .durable import chunked, crash_point, write_complete
 from .faults import apply_fault, stored_spec, token_limit_message
 from .store import PendingRequest, Store
 from .validation import validate_input
@@ -330,14 +331,15 @@ class Worker:
                 continue
             file_id = new_file_id(dialect, generated=True)
             data = "".join(line + "\n" for line in lines).encode("utf-8")
-            path = self.store.file_path(file_id)
-            path.write_bytes(data)
+            # complete under a staging name, then renamed: a crash leaves no partial file with a row
+            size = write_complete(self.store.file_path(file_id), chunked(data), crash_moment="finalize")
             new_files.append({
-                "id": file_id, "dialect": dialect, "filename": f"{batch_id}_{suffix}.jsonl", "bytes": len(data),
+                "id": file_id, "dialect": dialect, "filename": f"{batch_id}_{suffix}.jsonl", "bytes": size,
                 "created_at": now, "expires_at": result_file_expiry(batch, now),
             })
             ids[key] = file_id
         stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}[to_status]
+        crash_point("finalize-renamed")
         if not self.store.finish_batch(batch_id, (from_status,), to_status, new_files, **ids, **{stamp: now}):
             for f in new_files:  # someone else moved the batch on; drop the unused files
                 self.store.file_path(f["id"]).unlink(missing_ok=True)

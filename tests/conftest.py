@@ -272,3 +272,14 @@ def end_service(pid: int) -> None:
     from localbatch.launcher import ServiceHandle
 
     ServiceHandle(base_url="", api_key=None, pid=pid).stop(timeout=15)
+
+
+def listed_file_ids(handle: Any) -> set[str]:
+    """Ids of every file the service lists, in either dialect (``files.list`` auto-paginated)."""
+    ids = {f.id for f in azure_client(handle).files.list()}
+    return ids | {f.id for f in openai_client(handle).files.list()}
+
+
+def stored_file_names(data_dir: Path) -> set[str]:
+    """Names of everything in the service's files folder (file bytes and anything a crash left)."""
+    return {entry.name for entry in (Path(data_dir) / "files").iterdir()}

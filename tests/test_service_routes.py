@@ -436,7 +436,7 @@ def assert_no_leftovers(handle: Any, client: Any, before: set[str]) -> None:
     new = stored_files(handle) - before
     listed = {f.id for f in client.files.list(limit=10000)}
     assert new <= listed, f"files left behind by a failed upload: {new - listed}"
-    assert not any(name.startswith(".upload-") for name in stored_files(handle))
+    assert not any(name.endswith(".part") for name in stored_files(handle))
 
 
 def check_error_envelope(dialect: str, body: dict[str, Any]) -> dict[str, Any]:

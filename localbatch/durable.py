@@ -1,0 +1,99 @@
+"""File bytes that are either whole or absent, and a crash hook to prove it.
+
+Every file the service writes (an upload, a batch's output or error file) is written to a temporary
+name in the same folder (:func:`staging_path`), flushed to disk and renamed to its final name only
+when complete; its database row is committed after the rename. A crash at any moment therefore
+leaves either nothing, a temporary file, or a complete file without a row: none of them is listed,
+and the start-up sweep (:meth:`localbatch.store.Store.remove_orphan_files`) removes them all.
+
+``LOCALBATCH_CRASH_AT`` (tests only) names moments, comma-separated, at which the process kills
+itself with SIGKILL, exactly as ``kill -9`` would, so tests can crash it mid-write:
+
+* ``upload``: a file upload has written part of its bytes (uploads of more than one 1 MiB chunk);
+* ``upload-renamed``: an upload is complete and renamed, its row not yet committed;
+* ``finalize``: a result file has written part of its bytes (its first chunk);
+* ``finalize-renamed``: a batch's result files are renamed, the batch not yet finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger("localbatch.durable")
+
+CRASH_ENV = "LOCALBATCH_CRASH_AT"
+CRASH_MOMENTS = ("upload", "upload-renamed", "finalize", "finalize-renamed")
+#: Bytes written per call when writing a result file.
+WRITE_CHUNK = 1024 * 1024
+
+
+@cache
+def crash_moments() -> frozenset[str]:
+    """The moments named in ``LOCALBATCH_CRASH_AT`` (ValueError names an unknown one)."""
+    names = {name.strip() for name in os.environ.get(CRASH_ENV, "").split(",") if name.strip()}
+    unknown = sorted(names - set(CRASH_MOMENTS))
+    if unknown:
+        raise ValueError(f"{CRASH_ENV}: unknown moment {', '.join(unknown)}; use one of {', '.join(CRASH_MOMENTS)}")
+    return frozenset(names)
+
+
+def crash_point(moment: str) -> None:
+    """Kill this process with SIGKILL if ``moment`` is named in ``LOCALBATCH_CRASH_AT`` (tests only)."""
+    if moment in crash_moments():
+        log.warning("%s=%s: killing the process (SIGKILL)", CRASH_ENV, moment)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def staging_path(final: Path) -> Path:
+    """The temporary name, in the same folder, under which ``final`` is written until complete."""
+    return final.with_name(f".{final.name}.part")
+
+
+def sync_and_rename(staged: Path, final: Path) -> None:
+    """Flush ``staged`` to disk and rename it to ``final`` (atomic within one folder)."""
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, final)
+
+
+def write_complete(final: Path, chunks: Iterable[bytes | memoryview], *, crash_moment: str | None = None) -> int:
+    """Write ``chunks`` to ``final`` through its staging name; returns the byte count.
+
+    ``final`` appears only complete; on an error the staging file is removed. ``crash_moment`` is
+    the :func:`crash_point` checked after the first chunk is written.
+    """
+    staged = staging_path(final)
+    size = 0
+    try:
+        with staged.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
+                if crash_moment is not None:
+                    out.flush()
+                    crash_point(crash_moment)
+                    crash_moment = None
+        sync_and_rename(staged, final)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def chunked(data: bytes, size: int = WRITE_CHUNK) -> Iterable[memoryview]:
+    """``data`` in slices of at most ``size`` bytes (one empty slice for empty data)."""
+    view = memoryview(data)
+    if not data:
+        yield view
+    for start in range(0, len(data), size):
+        yield view[start:start + size]
