@@ -27,6 +27,7 @@ from conftest import (
     check_file,
     check_model,
     jsonl,
+    listed_file_ids,
     openai_client,
     raw,
     upload,
@@ -432,9 +433,13 @@ def stored_files(handle: Any) -> set[str]:
 
 
 def assert_no_leftovers(handle: Any, client: Any, before: set[str]) -> None:
-    """Every file the folder gained belongs to a live File object; no partial upload is left."""
+    """Every file the folder gained belongs to a live File object; no partial upload is left.
+
+    Other tests' batches may finish meanwhile: their result files are listed in their own dialect,
+    so the files of both dialects are listed, after the folder is read.
+    """
     new = stored_files(handle) - before
-    listed = {f.id for f in client.files.list(limit=10000)}
+    listed = {f.id for f in client.files.list(limit=10000)} | listed_file_ids(handle)
     assert new <= listed, f"files left behind by a failed upload: {new - listed}"
     assert not any(name.endswith(".part") for name in stored_files(handle))
 
