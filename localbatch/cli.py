@@ -281,6 +281,22 @@ def _is_service_process(pid: int) -> bool:
     return b"localbatch" in words and b"serve" in words
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie (ended, not yet reaped by its parent, e.g. the notebook
+    kernel that started a detached service) has stopped: nothing is left to wait for."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def _end(pid: int, timeout: float) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -291,11 +307,9 @@ def _end(pid: int, timeout: float) -> None:
                 return
         except ChildProcessError:
             pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
