@@ -279,7 +279,7 @@ def _prompt_columns(
     count = len(rows)
     if id_column in rows.columns:
         raw_ids = rows[id_column].tolist()
-        if all(type(v) is str for v in raw_ids):
+        if _all_str(raw_ids):
             ids = raw_ids
         else:
             ids = [_custom_id_of(index, v, id_column) for index, v in enumerate(raw_ids)]
@@ -304,9 +304,17 @@ def _prompt_columns(
         if len(users) != count:
             users = [_fill(template, index, ids[index], record, columns)
                      for index, record in enumerate(rows.to_dict(orient="records"))]
-    if not all(type(u) is str for u in users):
+    if not _all_str(users):
         users = [u if type(u) is str else _user_text(u) for u in users]
     return ids, users
+
+
+def _all_str(values: list[Any]) -> bool:
+    """Every value is exactly a `str` (one pass in C: the set of the values' types)."""
+    return set(map(type, values)) <= _STR_ONLY
+
+
+_STR_ONLY = frozenset({str})
 
 
 def _prompts(
@@ -339,6 +347,61 @@ def _prompts(
         yield index, custom_id, user
 
 
+def _line_parts(
+    schema: Any, *, name: str, url: str | None, target: Target, convert: bool | None, api: Api, model: str,
+    options: Mapping[str, Any],
+) -> tuple[str, str, str, dict[str, Any], dict[str, Any]]:
+    """What every line of `iter_requests` shares: ``(url, messages key, format key, the format
+    holder, the other body options)`` (checked: api, model, schema)."""
+    if api not in DEFAULT_URLS:
+        raise AuthoringError(f"api={api!r}: use 'chat' (Chat Completions) or 'responses' (Responses API).")
+    if url is None or (api == "responses" and url in _CHAT_URLS):
+        url = DEFAULT_URLS[api]
+    block = _schema_block(schema, name=name, target=target, convert=convert)
+    if api == "responses":
+        extra = {_RESPONSES_OPTION_NAMES.get(k, k): v for k, v in options.items() if v is not None}
+        holder: dict[str, Any] = {"format": {"type": "json_schema", **block}}
+        shape, format_key = "input", "text"
+    else:
+        extra = {k: v for k, v in options.items() if v is not None}
+        holder = {"type": "json_schema", "json_schema": block}
+        shape, format_key = "messages", "response_format"
+    if not model:
+        raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
+    return url, shape, format_key, holder, extra
+
+
+def _frame_prompts(
+    rows: pd.DataFrame, *, id_column: str, prompt_column: str, template: str | None, id_prefix: str,
+) -> tuple[list[str], list[str]]:
+    """`_prompt_columns`, and refused with the row named: an empty prompt, no rows, a repeated id."""
+    ids, users = _prompt_columns(rows, id_column=id_column, prompt_column=prompt_column, template=template,
+                                 id_prefix=id_prefix)
+    if not all(users) or any(map(str.isspace, users)):
+        empty = next(i for i, user in enumerate(users) if not user or user.isspace())
+        raise AuthoringError(f"Row {empty} ({ids[empty]}): the prompt is empty.", custom_id=ids[empty], row=empty)
+    if not ids:
+        raise AuthoringError("No rows: a batch needs at least one request.")
+    if len(set(ids)) != len(ids):
+        check_unique_ids({"custom_id": custom_id} for custom_id in ids)
+    return ids, users
+
+
+def _frame_lines(
+    ids: list[str], users: list[str], *, url: str, model: str, system: str, shape: str, format_key: str,
+    holder: dict[str, Any], extra: dict[str, Any],
+) -> Iterator[dict[str, Any]]:
+    """The request line of each (custom_id, user message); every body shares `holder` and the
+    values of `extra`."""
+    return (
+        {"custom_id": custom_id, "method": "POST", "url": url, "body": {
+            "model": model,
+            shape: [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            format_key: holder, **extra}}
+        for custom_id, user in zip(ids, users)
+    )
+
+
 def iter_requests(
     rows: Any,
     *,
@@ -362,42 +425,13 @@ def iter_requests(
     first line; rows given as dicts are checked by `write_jsonl` while it writes (and by
     `build_requests` before it returns).
     """
-    if api not in DEFAULT_URLS:
-        raise AuthoringError(f"api={api!r}: use 'chat' (Chat Completions) or 'responses' (Responses API).")
-    if url is None or (api == "responses" and url in _CHAT_URLS):
-        url = DEFAULT_URLS[api]
-    block = _schema_block(schema, name=name, target=target, convert=convert)
-    if api == "responses":
-        fmt: dict[str, Any] = {"type": "json_schema", **block}
-        extra = {_RESPONSES_OPTION_NAMES.get(k, k): v for k, v in options.items() if v is not None}
-        shape = "input"
-        holder: dict[str, Any] = {"format": fmt}
-        format_key = "text"
-    else:
-        fmt = {"type": "json_schema", "json_schema": block}
-        extra = {k: v for k, v in options.items() if v is not None}
-        shape = "messages"
-        holder = fmt
-        format_key = "response_format"
-    if not model:
-        raise AuthoringError("The request needs a model (deployment) name: set BATCH_DEPLOYMENT or pass model=.")
+    url, shape, format_key, holder, extra = _line_parts(schema, name=name, url=url, target=target,
+                                                         convert=convert, api=api, model=model, options=options)
     if isinstance(rows, pd.DataFrame):
-        ids, users = _prompt_columns(rows, id_column=id_column, prompt_column=prompt_column, template=template,
-                                     id_prefix=id_prefix)
-        empty = next((i for i, user in enumerate(users) if not user or user.isspace()), None)
-        if empty is not None:
-            raise AuthoringError(f"Row {empty} ({ids[empty]}): the prompt is empty.", custom_id=ids[empty], row=empty)
-        if not ids:
-            raise AuthoringError("No rows: a batch needs at least one request.")
-        if len(set(ids)) != len(ids):
-            check_unique_ids({"custom_id": custom_id} for custom_id in ids)
-        yield from (
-            {"custom_id": custom_id, "method": "POST", "url": url, "body": {
-                "model": model,
-                shape: [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                format_key: holder, **extra}}
-            for custom_id, user in zip(ids, users)
-        )
+        ids, users = _frame_prompts(rows, id_column=id_column, prompt_column=prompt_column, template=template,
+                                    id_prefix=id_prefix)
+        yield from _frame_lines(ids, users, url=url, model=model, system=system, shape=shape,
+                                format_key=format_key, holder=holder, extra=extra)
         return
     count = 0
     for index, custom_id, user in _prompts(rows, id_column=id_column, prompt_column=prompt_column,
@@ -458,14 +492,21 @@ def build_requests(
         AuthoringError: a missing prompt column or template field, an empty prompt or id, or a
             duplicate custom_id.
     """
+    if isinstance(rows, pd.DataFrame):  # (its ids are checked column-wise)
+        url, shape, format_key, holder, extra = _line_parts(
+            schema, name=name, url=url, target=target, convert=convert, api=api, model=model, options=options)
+        ids, users = _frame_prompts(rows, id_column=id_column, prompt_column=prompt_column, template=template,
+                                    id_prefix=id_prefix)
+        with gc_paused():
+            return list(_frame_lines(ids, users, url=url, model=model, system=system, shape=shape,
+                                     format_key=format_key, holder=holder, extra=extra))
     with gc_paused():
         lines = list(iter_requests(
             rows, system=system, schema=schema, model=model, name=name, url=url, prompt_column=prompt_column,
             template=template, id_column=id_column, id_prefix=id_prefix, target=target, convert=convert, api=api,
             **options,
         ))
-        if not isinstance(rows, pd.DataFrame):  # (a DataFrame's ids were checked column-wise)
-            check_unique_ids(lines)
+        check_unique_ids(lines)
     return lines
 
 
@@ -543,6 +584,108 @@ def _repeated(custom_id: str, first: int, index: int) -> AuthoringError:
     )
 
 
+class _Shape:
+    """What every line of a run of same-shaped request lines shares with the line it was taken
+    from, once that line passed the whole lint: the url, the model, the body's keys, its other
+    parameters (the very objects), the messages before the last, the last message's role.
+
+    A later line of this shape differs from that line only in its custom_id and in the text of
+    its last message, so its lint findings are that line's (none that are errors, or no shape is
+    taken): `_write_same_shape` only checks that shape, the custom_id and the byte and line limits.
+    """
+
+    __slots__ = ("url", "model", "body_len", "messages_key", "others", "leading", "count", "role")
+
+    def __init__(self, url: str, model: str, body: dict[str, Any], messages_key: str, messages: list[Any]) -> None:
+        self.url = url
+        self.model = model
+        self.body_len = len(body)
+        self.messages_key = messages_key
+        self.others = tuple((k, v) for k, v in body.items() if k != "model" and k != messages_key)
+        self.leading = [dict(m) for m in messages[:-1]]  # compared by value (fresh dicts per line)
+        self.count = len(messages)
+        self.role = messages[-1]["role"]
+
+    @classmethod
+    def of(cls, line: Any, linter: Any) -> _Shape | None:
+        """The shape of a line that the linter just passed with no error finding, or None when
+        the line's findings would not carry over to lines of its shape."""
+        if type(line) is not dict or len(line) != 4 or line.get("method") != "POST":
+            return None
+        body = line.get("body")
+        settled = linter.settled(line.get("url"), body.get("model") if type(body) is dict else None, body)
+        if settled is None or any(f.severity == "error" for f in settled[1]):
+            return None
+        key = "messages" if settled[0] == "chat" else "input"
+        messages = body.get(key)
+        if type(messages) is not list or not messages:
+            return None
+        last = messages[-1]
+        if type(last) is not dict or len(last) != 2 or type(last.get("content")) is not str:
+            return None
+        return cls(line["url"], body["model"], body, key, messages)
+
+
+def _write_same_shape(
+    lines: Iterator[Any], shape: _Shape, write: Any, ids: set[str], order: list[str], line_no: int, total: int,
+    limit_bytes: int, limit_lines: int, count_tokens: Any,
+) -> tuple[Any, int, int, int]:
+    """Write the lines of `lines` while they have `shape` (see `_Shape`), each serialised once;
+    ``(the first line that does not, or _END; the last line number written; total bytes; tokens)``.
+
+    A line that differs in any way the lint could see (another key, type, url, model, parameter
+    object, message, a repeated custom_id, a text orjson refuses) or that would cross a file limit
+    is handed back unwritten, for the full lint. `ids` and `order` get each written custom_id."""
+    dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
+    url, model, body_len, key, others = shape.url, shape.model, shape.body_len, shape.messages_key, shape.others
+    leading, count, role = shape.leading, shape.count, shape.role
+    first = leading[0] if count == 2 else None
+    one = others[0] if len(others) == 1 else None
+    add, append = ids.add, order.append
+    tokens = 0
+    for line in lines:
+        if type(line) is not dict or len(line) != 4:
+            return line, line_no, total, tokens
+        try:
+            cid = line["custom_id"]
+            body = line["body"]
+            if (type(cid) is not str or not cid or line["method"] != "POST" or line["url"] != url
+                    or type(body) is not dict or len(body) != body_len or body["model"] != model):
+                return line, line_no, total, tokens
+            if one is not None:
+                if body[one[0]] is not one[1]:
+                    return line, line_no, total, tokens
+            else:
+                for name, value in others:
+                    if body[name] is not value:
+                        return line, line_no, total, tokens
+            messages = body[key]
+            if type(messages) is not list or len(messages) != count:
+                return line, line_no, total, tokens
+            last = messages[-1]
+            if (type(last) is not dict or len(last) != 2 or last["role"] != role or type(last["content"]) is not str
+                    or (messages[0] != first if first is not None else count > 1 and messages[:-1] != leading)):
+                return line, line_no, total, tokens
+            data = dumps(line, option=newline)
+        except (KeyError, TypeError, orjson.JSONEncodeError):
+            return line, line_no, total, tokens
+        size = total + len(data)
+        if size > limit_bytes or line_no >= limit_lines or cid in ids:
+            return line, line_no, total, tokens
+        add(cid)
+        append(cid)
+        if count_tokens is not None:
+            tokens += count_tokens(body)
+        write(data)
+        line_no += 1
+        total = size
+    return _END, line_no, total, tokens
+
+
+_END = object()
+
+
 def write_jsonl(
     lines: Iterable[Mapping[str, Any]],
     path: str | Path,
@@ -559,6 +702,10 @@ def write_jsonl(
     `batchkit.lint`), serialised once with orjson and streamed to a temporary file beside `path`,
     which replaces `path` only when every line passed. So an iterator of 10^6 lines (e.g.
     `iter_requests`) is never held in memory, and a refused file leaves nothing behind.
+
+    The lines of `build_requests` share one shape (url, model, parameters, system message): once
+    a line passed the whole lint, the lines after it that differ from it only in their custom_id
+    and their prompt's text are checked for exactly that (and the limits), not linted again.
 
     Args:
         lines: request lines from `build_requests` (a list) or `iter_requests` (an iterator).
@@ -578,9 +725,11 @@ def write_jsonl(
 
     target_path = Path(path)
     target_path.parent.mkdir(parents=True, exist_ok=True)
-    linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint) if check else None
+    linter = BatchFileLinter(target=target, deployments=deployments, endpoint=endpoint,
+                             check_ids=False) if check else None
     errors: list[Any] = []
-    seen: dict[str, int] = {}
+    ids: set[str] = set()  # every custom_id so far; `order` in line order, to name a repeat's first row
+    order: list[str] = []
     tokens = 0
     first_model: str | None = None
     count_tokens = None
@@ -588,17 +737,27 @@ def write_jsonl(
         from batchkit.estimate import count_body_tokens as count_tokens
     handle, temp_name = tempfile.mkstemp(prefix=f".{target_path.name}.", suffix=".part", dir=target_path.parent)
     try:
-        with os.fdopen(handle, "wb", buffering=1 << 16) as out, gc_paused():
+        with os.fdopen(handle, "wb", buffering=1 << 16) as out:
             write = out.write
-            feed = linter.feed_object if linter is not None else None
-            for index, line in enumerate(lines):
+            source = iter(lines)
+            index = -1
+            pending: Any = _END
+            shapes = 0
+            while True:
+                if pending is not _END:
+                    line, pending = pending, _END
+                else:
+                    line = next(source, _END)
+                    if line is _END:
+                        break
+                index += 1
                 custom_id = line.get("custom_id") if type(line) is dict or isinstance(line, Mapping) else None
                 if type(custom_id) is not str or not custom_id:
                     raise AuthoringError(f"Request {index} has no custom_id (a non-empty string is required).", row=index)
-                if linter is None:  # (with the lint, the linter keeps the ids)
-                    first = seen.setdefault(custom_id, index)
-                    if first != index:
-                        raise _repeated(custom_id, first, index)
+                if custom_id in ids:
+                    raise _repeated(custom_id, order.index(custom_id), index)
+                ids.add(custom_id)
+                order.append(custom_id)
                 try:
                     data = _dumps_line(line)
                 except (TypeError, orjson.JSONEncodeError) as exc:
@@ -611,20 +770,31 @@ def write_jsonl(
                             custom_id=custom_id, row=index) from None
                     errors.extend(linter.unencodable())
                     continue
-                if feed is not None:
-                    found = feed(line, len(data) + 1)
-                    if found:
-                        for finding in found:
-                            if finding.code == "duplicate_custom_id":
-                                raise _repeated(custom_id, linter.seen[custom_id] - 1, index)
-                        errors.extend(f for f in found if f.severity == "error")
-                    if count_tokens is not None:
-                        body = line.get("body")
-                        if isinstance(body, Mapping):
-                            first_model = first_model or str(body.get("model"))
-                            tokens += count_tokens(body)
                 write(data)
                 write(b"\n")
+                if linter is None:
+                    continue
+                found = linter.feed_object(line, len(data) + 1)
+                bad = [f for f in found if f.severity == "error"] if found else None
+                if bad:
+                    errors.extend(bad)
+                if count_tokens is not None:
+                    body = line.get("body")
+                    if isinstance(body, Mapping):
+                        first_model = first_model or str(body.get("model"))
+                        tokens += count_tokens(body)
+                if not bad and shapes < _MAX_SHAPES:
+                    shape = _Shape.of(line, linter)
+                    if shape is not None:
+                        shapes += 1
+                        pending, line_no, linter.total_bytes, more = _write_same_shape(
+                            source, shape, write, ids, order, linter.line_no, linter.total_bytes,
+                            linter.limit_bytes, linter.limit_lines, count_tokens)
+                        written = line_no - linter.line_no
+                        linter.line_no = line_no
+                        linter.requests += written
+                        index += written
+                        tokens += more
         if linter is not None:
             errors.extend(f for f in linter.close() if f.severity == "error")
             if count_tokens is not None:
@@ -649,6 +819,10 @@ def write_jsonl(
             pass
         raise
     return target_path
+
+
+#: Shapes taken per file at most (a file alternating between shapes stops looking for runs).
+_MAX_SHAPES = 64
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

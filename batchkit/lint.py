@@ -1162,6 +1162,19 @@ class BatchFileLinter:
         self._check(obj, out)
         return out
 
+    def settled(self, url: Any, model: Any, body: Any) -> tuple[str, tuple[Finding, ...]] | None:
+        """For a line just fed: ``(its API, the findings of its body)`` when its url and model
+        passed every check and its body has the remembered shape (plain messages, parameters
+        keyed by content), so that a line differing only in its custom_id and its messages' text
+        would get the same findings; else None."""
+        url_ok, model_ok = self._url_ok, self._model_ok
+        if url_ok is None or url_ok[1] is None or url != url_ok[0] or model_ok is None or model != model_ok:
+            return None
+        if type(body) is not dict:
+            return None
+        found = self._fast_body(body, url_ok[1])
+        return None if found is None else (url_ok[1], found)
+
     def unencodable(self) -> list[Finding]:
         """The next line could not be serialised as UTF-8 JSON (a lone surrogate in a string)."""
         self.line_no += 1

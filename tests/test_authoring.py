@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -221,3 +222,99 @@ def test_a_lone_surrogate_is_a_finding_on_its_line_not_a_crash(tmp_path: Path) -
     with pytest.raises(AuthoringError, match="cannot be written as JSON"):
         authoring.write_jsonl([{"custom_id": "x", "body": {"when": object()}}], tmp_path / "o.jsonl", check=False)
     assert not list(tmp_path.iterdir())
+
+
+def _format_key(line: dict) -> str:
+    return "response_format" if "response_format" in line["body"] else "text"
+
+
+def _loose_format(line: dict) -> dict:
+    block = {"name": "x", "schema": {"type": "object"}, "strict": True}
+    if _format_key(line) == "text":
+        return {"format": {"type": "json_schema", **block}}
+    return {"type": "json_schema", "json_schema": block}
+
+
+_CHANGES = [
+    ("custom_id", lambda line, lines: line.__setitem__("custom_id", lines[0]["custom_id"])),
+    ("empty id", lambda line, lines: line.__setitem__("custom_id", "")),
+    ("numeric id", lambda line, lines: line.__setitem__("custom_id", 7)),
+    ("model", lambda line, lines: line["body"].__setitem__("model", "other")),
+    ("url", lambda line, lines: line.__setitem__("url", "/v1/embeddings")),
+    ("method", lambda line, lines: line.__setitem__("method", "GET")),
+    ("line key", lambda line, lines: line.__setitem__("extra", 1)),
+    ("body key", lambda line, lines: line["body"].__setitem__("max_tokens", 10)),
+    ("bad option", lambda line, lines: line["body"].__setitem__("max_tokens", -1)),
+    ("equal format", lambda line, lines: line["body"].__setitem__(_format_key(line), json.loads(json.dumps(
+        line["body"][_format_key(line)])))),
+    ("loose format", lambda line, lines: line["body"].__setitem__(_format_key(line), _loose_format(line))),
+    ("empty prompt", lambda line, lines: line["body"]["messages"][1].__setitem__("content", "")),
+    ("number prompt", lambda line, lines: line["body"]["messages"][1].__setitem__("content", 5)),
+    ("surrogate", lambda line, lines: line["body"]["messages"][1].__setitem__("content", "cut \ud83d")),
+    ("system text", lambda line, lines: line["body"]["messages"][0].__setitem__("content", "Be brief.")),
+    ("tool role", lambda line, lines: line["body"]["messages"][0].__setitem__("role", "tool")),
+    ("last role", lambda line, lines: line["body"]["messages"][-1].__setitem__("role", "tool")),
+    ("assistant last", lambda line, lines: line["body"]["messages"][-1].__setitem__("role", "assistant")),
+    ("message key", lambda line, lines: line["body"]["messages"][1].__setitem__("name", "u")),
+    ("tuple messages", lambda line, lines: line["body"].__setitem__("messages", tuple(line["body"]["messages"]))),
+    ("one message", lambda line, lines: line["body"]["messages"].pop(0)),
+    ("three messages", lambda line, lines: line["body"]["messages"].insert(1, {"role": "assistant", "content": "ok"})),
+    ("reordered line", lambda line, lines: [line.__setitem__(k, line.pop(k)) for k in ("method", "custom_id")]),
+]
+
+
+def _apply(change: Any, line: dict, lines: list) -> None:
+    """A change, unless an earlier change of the same line made it meaningless (no such key...)."""
+    try:
+        change(line, lines)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        pass
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_write_jsonl_equals_the_full_lint_of_every_line_whatever_changes(tmp_path: Path, api: str) -> None:
+    """The writer checks lines that share the previous clean line's shape for that shape only:
+    with lines changed anywhere, in any way, it refuses, accepts and writes exactly as the full
+    lint of every line (`lint_requests`) and orjson of every line say."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    rows = pd.DataFrame({"custom_id": [f"r{i}" for i in range(40)], "prompt": [f"about {i}" for i in range(40)]})
+    key = "messages" if api == "chat" else "input"
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.integers(1, 39), st.sampled_from(range(len(_CHANGES)))), max_size=3),
+           st.booleans())
+    def check(changes: list[tuple[int, int]], streamed: bool) -> None:
+        lines = authoring.build_requests(rows, system=SYSTEM, schema=SCHEMA, model="m", api=api)  # type: ignore[arg-type]
+        for at, which in changes:
+            name, change = _CHANGES[which]
+            if key == "input" and name in ("tuple messages", "one message", "three messages", "system text",
+                                           "tool role", "last role", "assistant last", "message key", "empty prompt", "number prompt", "surrogate"):
+                body = lines[at]["body"]
+                body["messages"] = body.pop("input")  # (the chat changes, then back under the Responses key)
+                _apply(change, lines[at], lines)
+                body["input"] = body.pop("messages")
+            else:
+                _apply(change, lines[at], lines)
+        ids = [line.get("custom_id") for line in lines]
+        bad_id = next((i for i, c in enumerate(ids) if not isinstance(c, str) or not c or c in ids[:i]), None)
+        reference = [f for f in authoring.lint_requests(lines) if f.severity == "error"
+                     and f.code != "duplicate_custom_id"]
+        path = tmp_path / "out.jsonl"
+        path.unlink(missing_ok=True)
+        source = iter(lines) if streamed else lines
+        if bad_id is not None:
+            with pytest.raises(AuthoringError, match=f"Request {bad_id} |rows .* and {bad_id};"):
+                authoring.write_jsonl(source, path)
+        elif reference:
+            with pytest.raises(LintError) as info:
+                authoring.write_jsonl(source, path)
+            assert [(f.line, f.code, f.path) for f in info.value.findings] == [
+                (f.line, f.code, f.path) for f in reference]
+        else:
+            authoring.write_jsonl(source, path)
+            assert path.read_bytes() == authoring.to_jsonl_bytes(lines)
+        assert path.exists() == (bad_id is None and not reference)
+
+    check()
