@@ -122,6 +122,40 @@ def test_an_answer_does_not_depend_on_the_requests_before_it(engine: LlamaEngine
         assert content(repeat) == content(generated_answers[cid]), cid
 
 
+def test_prefix_states_live_in_a_folder_of_this_process_removed_when_its_engines_close() -> None:
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = Path(tempfile.gettempdir()) / f"localbatch-llama-{gone.pid}-left"  # a killed process's folder
+    stale.mkdir(exist_ok=True)
+    (stale / "0123.bin").write_bytes(b"state")
+    body = prompt_body("Provide info about the Burj Khalifa")
+    first, second = LlamaEngine(n_ctx=2048), LlamaEngine(n_ctx=2048)  # a model server of their own
+    answer = content(first.complete(body, model=MODEL))
+    assert first._loaded is not None
+    folder = first._loaded.state_dir
+    assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(f"localbatch-llama-{os.getpid()}-")
+    assert list(folder.glob("*.bin")), "the shared prefix's state is saved in the folder"
+    assert not list(folder.parent.glob(folder.name + "?*")), "nothing is saved next to the folder"
+    assert not stale.exists()
+    assert content(second.complete(body, model=MODEL)) == answer
+    first.close()
+    assert list(folder.glob("*.bin")), "another engine still uses the server"
+    second.close()
+    assert not folder.exists()
+    again = LlamaEngine(n_ctx=2048)
+    try:
+        assert content(again.complete(body, model=MODEL)) == answer  # the state is saved anew
+        assert list(folder.glob("*.bin"))
+    finally:
+        again.close()
+    assert not folder.exists()
+
+
 def test_parallel_slots_answer_several_requests_at_once() -> None:
     parallel = create_engine("llama", parallel=2, concurrency=8)  # concurrency: the engine's own parallel wins
     assert isinstance(parallel, LlamaEngine) and parallel.max_concurrency == 2 and not parallel.deterministic

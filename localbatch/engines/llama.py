@@ -136,8 +136,10 @@ class _Loaded:
     n_ctx: int  # per slot
     #: Free slot ids: a request takes one for its whole run (with one slot, this is the lock).
     slots: "queue.SimpleQueue[int]"
-    #: Where slot states of shared prefixes are saved (removed at exit).
+    #: This process's own folder for the slot states of shared prefixes (see :func:`_state_folder`).
     state_dir: Path
+    #: Engines using this server that have not been closed; the last close removes the state files.
+    users: int = 0
     #: Guards ``prefixes`` and the state files.
     prefix_lock: threading.Lock = field(default_factory=threading.Lock)
     #: State file name -> prefix tokens, least recently used first.
@@ -165,8 +167,7 @@ def _load(path: Path, n_ctx: int, threads: int, chat_template: str | None, paral
             return loaded
         import xllamacpp  # imported on first use: importing the engine module must stay cheap
 
-        state_dir = Path(tempfile.mkdtemp(prefix="localbatch-llama-"))
-        atexit.register(shutil.rmtree, state_dir, True)
+        state_dir = _state_folder()
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
         params.n_ctx = n_ctx * parallel  # llama.cpp splits the context between the slots
@@ -177,7 +178,9 @@ def _load(path: Path, n_ctx: int, threads: int, chat_template: str | None, paral
         # No host-memory cache of past prompts: it would hand a request whatever state an earlier,
         # similar request left, so answers would depend on the order of requests.
         params.cache_ram_mib = 0
-        params.slot_save_path = str(state_dir)
+        # llama.cpp appends the file name to this text as is: without the separator the states
+        # would land next to the folder, not in it
+        params.slot_save_path = str(state_dir) + os.sep
         if chat_template:
             params.chat_template = chat_template
         server = xllamacpp.Server(params)
@@ -194,6 +197,46 @@ def _load(path: Path, n_ctx: int, threads: int, chat_template: str | None, paral
         )
         _LOADED[key] = loaded
         return loaded
+
+
+_STATE_PREFIX = "localbatch-llama-"
+
+
+def _state_folder() -> Path:
+    """A new folder, owned by this process, for one model server's prefix states.
+
+    It lives in the system's temporary folder, is named after this process (``localbatch-llama-<pid>-...``),
+    is removed when the last engine using the server closes (recreated if one is used again) and at exit.
+    Folders of processes that no longer run (a kill -9 leaves its folder behind) are removed here.
+    """
+    root = Path(tempfile.gettempdir())
+    for entry in root.glob(_STATE_PREFIX + "*"):
+        pid = entry.name[len(_STATE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and entry.is_dir() \
+                and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+            shutil.rmtree(entry, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{_STATE_PREFIX}{os.getpid()}-", dir=root))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Recreate a state folder removed by :meth:`LlamaEngine.close` (refusing one made by someone else)."""
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+            raise RuntimeError(f"{folder} exists and is not this process's own folder") from None
 
 
 def _strip_fence(content: str) -> str:
@@ -311,7 +354,12 @@ class LlamaEngine:
 
     def _model(self) -> _Loaded:
         if self._loaded is None:
-            self._loaded = _load(self.model_path, self.n_ctx, self.threads, self.chat_template, self.parallel)
+            loaded = _load(self.model_path, self.n_ctx, self.threads, self.chat_template, self.parallel)
+            with loaded.prefix_lock:
+                if loaded.users == 0:
+                    _ensure_folder(loaded.state_dir)
+                loaded.users += 1
+            self._loaded = loaded
         return self._loaded
 
     def _post(self, loaded: _Loaded, route: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +427,7 @@ class LlamaEngine:
         """
         name = hashlib.sha256(",".join(map(str, prefix)).encode()).hexdigest()[:32] + ".bin"
         with loaded.prefix_lock:
-            if name in loaded.prefixes:
+            if name in loaded.prefixes and (loaded.state_dir / name).is_file():
                 loaded.prefixes.move_to_end(name)
             else:
                 self._post(loaded, f"/slots/{slot}?action=erase", {})
@@ -388,6 +436,7 @@ class LlamaEngine:
                 )
                 self._post(loaded, f"/slots/{slot}?action=save", {"filename": name})
                 loaded.prefixes[name] = len(prefix)
+                loaded.prefixes.move_to_end(name)
                 while len(loaded.prefixes) > _MAX_PREFIXES:
                     old, _ = loaded.prefixes.popitem(last=False)
                     (loaded.state_dir / old).unlink(missing_ok=True)
@@ -494,8 +543,18 @@ class LlamaEngine:
         return EngineRequestError(message, type="server_error", status_code=status)
 
     def close(self) -> None:
-        """Drop this engine's reference to the model (the process keeps it loaded for other engines)."""
-        self._loaded = None
+        """Drop this engine's reference to the model (the process keeps it loaded for other engines).
+
+        When no other open engine uses the model, its saved prefix states and their folder are removed.
+        """
+        loaded, self._loaded = self._loaded, None
+        if loaded is None:
+            return
+        with loaded.prefix_lock:
+            loaded.users -= 1
+            if loaded.users == 0:
+                loaded.prefixes.clear()
+                shutil.rmtree(loaded.state_dir, ignore_errors=True)
 
 
 def compact_grammar(schema: dict[str, Any]) -> str | None:
