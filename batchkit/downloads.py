@@ -2,8 +2,10 @@
 
 A result file is trusted only when its length equals its file object's `bytes` and its lines match
 the batch's `request_counts`; a short or inconsistent download is fetched again, then refused with
-`DownloadError`, never returned as partial. `download_results` gives the checked lines of a
-finished batch; `download_input_lines` reads a batch's requests back from its input file.
+`DownloadError`, never returned as partial. `download_results` gives the checked files of a
+finished batch (`results.ResultFiles`, which `parse_results` streams); `download_input_lines`
+reads a batch's requests back from its input file. This is the one implementation of both
+(`batchkit.results` offers the same functions).
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ def download_results(client: Any, batch: Any, *, caller: Any = None) -> Any:
 
     A missing output file (nothing succeeded, or the batch failed) gives no output lines; a missing
     or empty error file gives no error lines. Raises `DownloadError` for a file that stays wrong.
+    The result holds the verified bytes: `parse_results` streams them, and its ``output_lines`` /
+    ``error_lines`` are parsed when first read (a line that is not JSON is named then).
     """
-    from batchkit.results import ResultFiles, parse_jsonl
+    from batchkit.results import ResultFiles
 
     if isinstance(batch, str):
         batch = client.batches.retrieve(batch)
@@ -104,11 +108,11 @@ def download_results(client: Any, batch: Any, *, caller: Any = None) -> Any:
     output_id = getattr(batch, "output_file_id", None) or None
     error_id = getattr(batch, "error_file_id", None) or None
     result = ResultFiles(batch_id=batch.id, status=batch.status, output_file_id=output_id, error_file_id=error_id)
-    for kind, file_id, target in (("output", output_id, "output_lines"), ("error", error_id, "error_lines")):
+    for kind, file_id in (("output", output_id), ("error", error_id)):
         if file_id:
             data = download_verified(client, file_id, kind=kind, counts=counts, status=str(batch.status),
                                      batch_id=batch.id, caller=caller)
-            setattr(result, target, parse_jsonl(data, source=f"{kind} file {file_id}"))
+            setattr(result, f"{kind}_data", data)
     return result
 
 

@@ -39,11 +39,12 @@ hold as a DataFrame, `parse_results_to_parquet` writes the same table to Parquet
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ import orjson
 import pandas as pd
 
 from batchkit._gc import paused as _gc_paused
+# (the checked downloads, also found here: the one implementation is in batchkit.downloads)
+from batchkit.downloads import download_input_lines, download_results
 from batchkit.errors import ResultsError
 
 OUTCOMES: tuple[str, ...] = (
@@ -78,21 +81,92 @@ INFO_COLUMNS: tuple[str, ...] = (
 _ERROR_OUTCOMES = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 
 
-@dataclass
 class ResultFiles:
-    """The parsed lines of a batch's output and error files, plus where they came from."""
+    """The output and error files of a batch, plus where they came from.
 
-    batch_id: str | None
-    status: str | None
-    output_lines: list[dict[str, Any]] = field(default_factory=list)
-    error_lines: list[dict[str, Any]] = field(default_factory=list)
-    output_file_id: str | None = None
-    error_file_id: str | None = None
+    Made from the files' verified bytes (`download_results`: ``output_data`` / ``error_data``) or
+    from lines already parsed (``output_lines`` / ``error_lines``, lists of dicts). The lines of
+    bytes are parsed when first read; until then `parse_results` streams the bytes (the fast
+    path, no dict per line), and once they were read (and perhaps changed) it reads the lines.
+    """
+
+    def __init__(
+        self,
+        batch_id: str | None,
+        status: str | None,
+        output_lines: list[dict[str, Any]] | None = None,
+        error_lines: list[dict[str, Any]] | None = None,
+        output_file_id: str | None = None,
+        error_file_id: str | None = None,
+        *,
+        output_data: bytes | None = None,
+        error_data: bytes | None = None,
+    ) -> None:
+        self.batch_id = batch_id
+        self.status = status
+        self.output_file_id = output_file_id
+        self.error_file_id = error_file_id
+        self.output_data = output_data if output_lines is None else None
+        self.error_data = error_data if error_lines is None else None
+        self._lines: dict[str, list[dict[str, Any]] | None] = {"output": output_lines, "error": error_lines}
+
+    def _read(self, kind: str) -> list[dict[str, Any]]:
+        lines = self._lines[kind]
+        if lines is None:
+            data = getattr(self, f"{kind}_data")
+            lines = parse_jsonl(data, source=self.source_name(kind)) if data else []
+            self._lines[kind] = lines
+            setattr(self, f"{kind}_data", None)
+        return lines
+
+    @property
+    def output_lines(self) -> list[dict[str, Any]]:
+        """The output file's lines as dicts (parsed from its bytes when first read)."""
+        return self._read("output")
+
+    @output_lines.setter
+    def output_lines(self, lines: list[dict[str, Any]]) -> None:
+        self._lines["output"], self.output_data = lines, None
+
+    @property
+    def error_lines(self) -> list[dict[str, Any]]:
+        """The error file's lines as dicts (parsed from its bytes when first read)."""
+        return self._read("error")
+
+    @error_lines.setter
+    def error_lines(self, lines: list[dict[str, Any]]) -> None:
+        self._lines["error"], self.error_data = lines, None
 
     @property
     def lines(self) -> list[dict[str, Any]]:
         """Output lines followed by error lines."""
         return [*self.output_lines, *self.error_lines]
+
+    def source_name(self, kind: str) -> str:
+        """How errors name one of the files: ``output file file-abc`` (or ``output file``)."""
+        file_id = self.output_file_id if kind == "output" else self.error_file_id
+        return f"{kind} file {file_id}" if file_id else f"{kind} file"
+
+    def sources(self) -> list[tuple[str, Any]]:
+        """``(name, bytes or lines)`` of each file, for `parse_results`: the bytes while the lines
+        were never read, else the lines."""
+        out: list[tuple[str, Any]] = []
+        for kind in ("output", "error"):
+            data = getattr(self, f"{kind}_data")
+            lines = self._lines[kind]
+            out.append((self.source_name(kind), data if lines is None and data is not None else lines or []))
+        return out
+
+    def __repr__(self) -> str:
+        def size(kind: str) -> str:
+            lines = self._lines[kind]
+            if lines is not None:
+                return f"{len(lines)} lines"
+            data = getattr(self, f"{kind}_data")
+            return f"{len(data):,} bytes" if data is not None else "none"
+
+        return (f"ResultFiles(batch_id={self.batch_id!r}, status={self.status!r}, output={size('output')}, "
+                f"error={size('error')}, output_file_id={self.output_file_id!r}, error_file_id={self.error_file_id!r})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,15 +181,7 @@ def _raw_lines(source: Any) -> Iterator[Any]:
             yield from handle
         return
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = memoryview(source)
-        raw = bytes(source) if not isinstance(source, bytes) else source
-        start, end = 0, len(raw)
-        while start < end:
-            stop = raw.find(b"\n", start)
-            if stop < 0:
-                stop = end
-            yield data[start:stop]
-            start = stop + 1
+        yield from io.BytesIO(source)  # (split in C; a bytes buffer is shared, not copied)
         return
     yield from source
 
@@ -168,38 +234,17 @@ def parse_jsonl(text: str | bytes, *, source: str = "file") -> list[dict[str, An
     if isinstance(text, str):
         text = text.encode("utf-8")
     with _gc_paused():
+        try:  # the common file, in C: every line one JSON object (the line ends are JSON whitespace)
+            records = list(map(orjson.loads, io.BytesIO(text)))
+        except orjson.JSONDecodeError:
+            records = None  # a blank line, a BOM or a bad line: read again line by line, which names it
+        if records is not None and set(map(type, records)) <= _DICT_ONLY:
+            return records
+        del records
         return [record for _, record in iter_jsonl(text, name=source)]
 
 
-def download_results(client: Any, batch: Any) -> ResultFiles:
-    """Download and parse the output and error files of a finished batch.
-
-    Args:
-        client: the SDK client.
-        batch: a `Batch` or a batch id (then retrieved first).
-
-    A missing output file (nothing succeeded, or the batch failed) gives no output lines; a missing
-    or empty error file gives no error lines.
-    """
-    if isinstance(batch, str):
-        batch = client.batches.retrieve(batch)
-    output_id = getattr(batch, "output_file_id", None) or None
-    error_id = getattr(batch, "error_file_id", None) or None
-    result = ResultFiles(batch_id=batch.id, status=batch.status, output_file_id=output_id, error_file_id=error_id)
-    if output_id:
-        result.output_lines = parse_jsonl(client.files.content(output_id).content, source=f"output file {output_id}")
-    if error_id:
-        result.error_lines = parse_jsonl(client.files.content(error_id).content, source=f"error file {error_id}")
-    return result
-
-
-def download_input_lines(client: Any, batch: Any) -> list[dict[str, Any]]:
-    """The request lines of a batch, read back from its input file (ids in input order, schemas)."""
-    if isinstance(batch, str):
-        batch = client.batches.retrieve(batch)
-    if not getattr(batch, "input_file_id", None):
-        raise ResultsError(f"Batch {batch.id} has no input_file_id; pass the input table instead.")
-    return parse_jsonl(client.files.content(batch.input_file_id).content, source=f"input file {batch.input_file_id}")
+_DICT_ONLY = frozenset({dict})
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,7 +639,7 @@ def classify_line(line: Mapping[str, Any], *, validator: Any = None) -> dict[str
 def _sources(results: Any) -> tuple[list[tuple[str, Any]], str | None]:
     """(name, source) pairs to read, and the batch status a `ResultFiles` carries."""
     if isinstance(results, ResultFiles):
-        return [("output file", results.output_lines), ("error file", results.error_lines)], results.status
+        return results.sources(), results.status
     if isinstance(results, (str, os.PathLike, bytes, bytearray, memoryview)):
         return [(f"{results}" if isinstance(results, (str, os.PathLike)) else "results", results)], None
     if isinstance(results, (list, tuple)) and results and all(
@@ -991,7 +1036,7 @@ def parse_results(
     """One row per input `custom_id`, in input order: input columns, typed answer fields, outcome, usage.
 
     Args:
-        results: a `ResultFiles` from `download_results`; the raw lines (output and error
+        results: a `ResultFiles` from `download_results` (its verified bytes are streamed); the raw lines (output and error
             together, as dicts); or, streamed without holding the lines, a path, the bytes of a
             file, an iterable of lines (e.g. an HTTP response's ``iter_lines()``), or a list of
             paths / bytes (the output and the error file).

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from batchkit.errors import (
@@ -1096,20 +1097,20 @@ class Run:
 
     def _parse_attempt(self, attempt: Mapping[str, Any]) -> pd.DataFrame:
         """One row per request of an attempt: custom_id, answer fields, outcome, usage."""
-        from batchkit.results import ResultFiles, parse_jsonl, parse_results
+        from batchkit.results import ResultFiles, parse_results
 
-        ids = [line["custom_id"] for line in _read_lines(self.folder / attempt["path"])]
+        ids = _custom_ids(self.folder / attempt["path"])
         files = ResultFiles(batch_id=attempt.get("batch_id"), status=attempt.get("status"),
                             output_file_id=attempt.get("output_file_id"), error_file_id=attempt.get("error_file_id"))
         saved = attempt.get("results") or {}
-        for kind, target in (("output", "output_lines"), ("error", "error_lines")):
+        for kind in ("output", "error"):
             info = saved.get(kind)
             if info:
                 data = (self.folder / info["path"]).read_bytes()
                 if sha256_bytes(data) != info["sha256"]:
                     raise RunError(f"{self.folder / info['path']} changed since it was downloaded; delete it and "
                                    "run notebook 02 again to download it anew.", run_id=self.id)
-                setattr(files, target, parse_jsonl(data, source=f"{kind} file {info['file_id']}"))
+                setattr(files, f"{kind}_data", data)  # the verified bytes, streamed by parse_results
         status = attempt.get("status") if _attempt_done(attempt) else None
         frame = parse_results(files, inputs=ids, schema=self.sent_schema, original_schema=self._original_schema(),
                               batch_status=status)
@@ -1157,7 +1158,7 @@ class Run:
         return frame
 
     def _all_ids(self) -> list[str]:
-        return [line["custom_id"] for chunk in self.chunks for line in _read_lines(self.folder / chunk["attempts"][0]["path"])]
+        return [cid for chunk in self.chunks for cid in _custom_ids(self.folder / chunk["attempts"][0]["path"])]
 
     def results(self, *, allow_partial: bool = False) -> pd.DataFrame:
         """The final table: one row per input row, in input order, joined to the input columns.
@@ -1573,6 +1574,28 @@ def _attempt_done(attempt: Mapping[str, Any]) -> bool:
 def _stage_word(attempt: Mapping[str, Any]) -> str:
     return {"planned": "not submitted", "uploading": "uploading", "uploaded": "uploaded", "creating": "creating",
             "submitted": "submitted", "downloaded": "downloaded"}[attempt["stage"]]
+
+
+class _IdOnly(msgspec.Struct):
+    custom_id: str
+
+
+_ID_ONLY = msgspec.json.Decoder(_IdOnly)
+
+
+def _custom_ids(path: Path) -> list[str]:
+    """The custom_ids of a request file in line order, without building its lines (msgspec skips
+    every other field in C); a line it cannot read that way is read whole."""
+    decode = _ID_ONLY.decode
+    ids = []
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                ids.append(decode(raw).custom_id)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                if raw.strip():
+                    ids.append(json.loads(raw)["custom_id"])
+    return ids
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ integer), shaped as the service writes them. Baselines on the same file: the see
 (``split`` + ``json.loads`` + ``pandas.json_normalize``, then the answers normalised again) and a
 plain loop of ``orjson.loads`` over the lines (the floor). Ours: ``parse_results(path,
 inputs=, schema=)``, streaming, with every answer checked by the compiled validator and typed
-columns; and the notebook's path, ``parse_jsonl`` (all lines as dicts) + ``parse_results``.
+columns; the notebooks' path, `ResultFiles` of a file's verified bytes (what `download_results`
+and `Run.results` hand to ``parse_results``), streamed too; and ``parse_jsonl`` (all lines as
+dicts) + ``parse_results`` on the lines, as notebook 03 used to call them.
 Times are CPU seconds of this process, ours and the baseline run alternately. Peak memory in a
 child process, against the file size. 10^6 lines go to Parquet in chunks
 (``parse_results_to_parquet``).
@@ -109,7 +111,16 @@ def ours(path: str, n: str | int) -> pd.DataFrame:
 
 
 def notebook_path(path: str, n: str | int) -> pd.DataFrame:
-    """parse_jsonl of the bytes (what download_results does) + parse_results on the lines."""
+    """The verified bytes of the file as `download_results` and `Run.results` hold them
+    (`ResultFiles`), into parse_results."""
+    from batchkit.results import ResultFiles, parse_results
+
+    files = ResultFiles("batch", "completed", output_file_id="file-out", output_data=Path(path).read_bytes())
+    return parse_results(files, inputs=inputs(int(n)), schema=SCHEMA)
+
+
+def dict_lines_path(path: str, n: str | int) -> pd.DataFrame:
+    """parse_jsonl of the bytes (every line a dict) + parse_results on the lines."""
     from batchkit.results import ResultFiles, parse_jsonl, parse_results
 
     files = ResultFiles("batch", "completed", output_lines=parse_jsonl(Path(path).read_bytes()))
@@ -137,9 +148,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         assert (frame["outcome"] == "ok").all() and str(frame["HeightInFeet"].dtype) == "Int64"
         mine, floor = compare(lambda: ours(str(path), n), lambda: orjson_loop(str(path)), repeat)
         nb, floor_nb = compare(lambda: notebook_path(str(path), n), lambda: orjson_loop(str(path)), repeat)
+        dl, floor_dl = compare(lambda: dict_lines_path(str(path), n), lambda: orjson_loop(str(path)), repeat)
         seed = median_seconds(lambda: seed_idiom(str(path), n), 1 if quick else 3, cpu=True)
         peak = peak_mib("benchmarks.bench_parse:ours", str(path), str(n))
         nb_peak = peak_mib("benchmarks.bench_parse:notebook_path", str(path), str(n))
+        dl_peak = peak_mib("benchmarks.bench_parse:dict_lines_path", str(path), str(n))
         seed_peak = peak_mib("benchmarks.bench_parse:seed_idiom", str(path), str(n))
         out.append(row(GROUP, f"{n:,} lines to the typed DataFrame vs the seed's idiom", ours_s=mine,
                        baseline="split + json.loads + json_normalize", baseline_s=seed, ratio=seed / mine,
@@ -151,10 +164,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         out.append(row(GROUP, f"{n:,} lines: peak memory", ours_s=None, baseline="the file size",
                        baseline_s=None, ratio=peak / size_mib, unit="memory ratio (peak / file size)",
                        target="<= 3x", limit=3.0, peak_mib=peak, notes=f"file {size_mib:.1f} MiB"))
-        out.append(row(GROUP, f"{n:,} lines, notebook path (parse_jsonl + parse_results)", ours_s=nb,
-                       baseline="orjson.loads per line", baseline_s=floor_nb, target="<= 2.5x", limit=2.5,
-                       peak_mib=nb_peak, notes=f"peak {nb_peak / size_mib:.1f}x the file: every line is held "
-                                               "as a dict; pass the file or its bytes to stream"))
+        out.append(row(GROUP, f"{n:,} lines, notebook path (download_results / Run.results: verified bytes "
+                              "-> parse_results)", ours_s=nb, baseline="orjson.loads per line", baseline_s=floor_nb,
+                       target="<= 2.5x", limit=2.5, peak_mib=nb_peak,
+                       notes=f"peak {nb_peak / size_mib:.1f}x the file (the bytes are held, then streamed)"))
+        out.append(row(GROUP, f"{n:,} lines as dicts (parse_jsonl + parse_results)", ours_s=dl,
+                       baseline="orjson.loads per line", baseline_s=floor_dl, target="<= 2.5x", limit=2.5,
+                       peak_mib=dl_peak, notes=f"peak {dl_peak / size_mib:.1f}x the file: every line is held "
+                                               "as a dict (the parse alone is 1.5x the loop); pass the "
+                                               "ResultFiles, the file or its bytes to stream"))
         if not quick:
             big = 1_000_000
             big_path = Path(tmp) / "big.jsonl"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -145,17 +146,25 @@ def test_failed_rows_counts_answer_table_and_save(files: ResultFiles, inputs: pd
 
 
 class _Files:
-    def __init__(self, blobs: dict[str, bytes]) -> None:
+    """The two SDK calls a download makes: the file object (its `bytes`) and the content, which
+    may come back short (`cut` bytes cut off the end)."""
+
+    def __init__(self, blobs: dict[str, bytes], cut: int = 0) -> None:
         self.blobs = blobs
+        self.cut = cut
         self.asked: list[str] = []
+
+    def retrieve(self, file_id: str) -> SimpleNamespace:
+        return SimpleNamespace(id=file_id, bytes=len(self.blobs[file_id]))
 
     def content(self, file_id: str) -> SimpleNamespace:
         self.asked.append(file_id)
-        return SimpleNamespace(content=self.blobs[file_id])
+        data = self.blobs[file_id]
+        return SimpleNamespace(content=data[:len(data) - self.cut] if self.cut else data)
 
 
 def test_download_handles_missing_output_and_empty_error_file() -> None:
-    # Only the two SDK calls download_results makes; the HTTP path is covered by tests/test_jobs.py.
+    # Only the SDK calls download_results makes; the HTTP path is covered by tests/test_jobs.py.
     files = _Files({"file-err": b"", "file-out": (FIXTURES / "output.jsonl").read_bytes()})
     client = SimpleNamespace(files=files)
     failed = SimpleNamespace(id="batch_1", status="failed", output_file_id=None, error_file_id=None)
@@ -163,6 +172,45 @@ def test_download_handles_missing_output_and_empty_error_file() -> None:
     assert result.lines == [] and files.asked == []
     done = SimpleNamespace(id="batch_2", status="completed", output_file_id="file-out", error_file_id="file-err")
     result = download_results(client, done)
-    assert len(result.output_lines) == 6 and result.error_lines == [] and files.asked == ["file-out", "file-err"]
+    assert files.asked == ["file-out", "file-err"]
+    assert result.output_data == (FIXTURES / "output.jsonl").read_bytes()  # kept as bytes until read
+    assert len(result.output_lines) == 6 and result.error_lines == [] and result.output_data is None
     empty_string_ids = SimpleNamespace(id="batch_3", status="completed", output_file_id="", error_file_id="file-err")
     assert download_results(client, empty_string_ids).output_lines == []
+
+
+def test_the_results_module_download_is_the_checked_one() -> None:
+    from batchkit import downloads
+    from batchkit.errors import DownloadError
+
+    assert download_results is downloads.download_results
+    short = _Files({"file-out": (FIXTURES / "output.jsonl").read_bytes()}, cut=40)
+    batch = SimpleNamespace(id="batch_4", status="completed", output_file_id="file-out", error_file_id=None,
+                            request_counts=SimpleNamespace(total=6, completed=6, failed=0))
+    with pytest.raises(DownloadError, match="file-out of batch batch_4 came back wrong 2 times"):
+        download_results(SimpleNamespace(files=short), batch, caller=_NoWait())
+    assert short.asked == ["file-out", "file-out"]
+
+
+class _NoWait:
+    def call(self, fn: Any, **_: Any) -> Any:
+        return fn()
+
+
+def test_result_files_stream_their_bytes_until_the_lines_are_read(inputs: pd.DataFrame) -> None:
+    data = (FIXTURES / "output.jsonl").read_bytes()
+    errors = (FIXTURES / "errors.jsonl").read_bytes()
+    lines = ResultFiles("b", "completed", output_lines=parse_jsonl(data), error_lines=parse_jsonl(errors))
+    streamed = ResultFiles("b", "completed", output_data=data, error_data=errors)
+    expected = parse_results(lines, inputs=inputs, schema=SCHEMA)
+    pd.testing.assert_frame_equal(parse_results(streamed, inputs=inputs, schema=SCHEMA), expected)
+    assert streamed.output_data is data  # (not parsed into dicts for that)
+    edited = ResultFiles("b", "completed", output_data=data, error_data=errors)
+    edited.output_lines.pop(0)  # the lines once read are what counts, changes included
+    table = parse_results(edited, inputs=inputs, schema=SCHEMA)
+    assert (table["outcome"] != expected["outcome"]).sum() == 1
+    bad = ResultFiles("b", "completed", output_file_id="file-9", output_data=data + b"{oops\n")
+    with pytest.raises(ResultsError, match="output file file-9 line 7 is not JSON"):
+        parse_results(bad, inputs=inputs, schema=SCHEMA)
+    with pytest.raises(ResultsError, match="output file file-9 line 7 is not JSON"):
+        bad.output_lines
