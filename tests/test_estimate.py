@@ -173,3 +173,24 @@ def test_actual_vs_estimate_either_order_and_frames() -> None:
                                             "input_actual": 82, "output_estimate": est.lines[0].output_tokens,
                                             "output_actual": 27}]
     assert isinstance(est, Estimate)
+
+
+def test_the_bulk_counter_gives_the_sum_of_the_per_body_counts() -> None:
+    from batchkit.estimate import BodyTokenCounter
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
+    bodies = [
+        {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": f"question {i} " * (i % 7)}],
+         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}}
+        for i in range(300)
+    ]
+    bodies.append({"model": "m", "messages": [{"role": "user", "name": "ann", "content": [{"type": "text", "text": "hi"}]}],
+                   "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]})
+    bodies.append({"model": "m", "instructions": "Answer in JSON.", "input": "a Responses body",
+                   "text": {"format": {"type": "json_schema", "name": "x", "schema": schema, "strict": True}}})
+    counter = BodyTokenCounter(flush_every=100)
+    for body in bodies:
+        counter.add(body)
+    assert counter.total == sum(count_body_tokens(b) for b in bodies)
