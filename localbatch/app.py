@@ -30,13 +30,13 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -221,13 +221,13 @@ class BatchCreate(BaseModel):
     output_expires_after: Any = None
 
 
-def require_api_version(api_version: str = Query(..., alias="api-version", description=(
+async def require_api_version(api_version: str = Query(..., alias="api-version", description=(
         "The Azure OpenAI API version, one of localbatch.dialects.AZURE_API_VERSIONS (e.g. 2024-10-21)."))) -> None:
     """Azure classic routes need ``?api-version=`` with a version Azure serves batches on."""
     check_api_version(api_version, v1=False)
 
 
-def optional_api_version(request: Request) -> None:
+async def optional_api_version(request: Request) -> None:
     """Azure v1 routes take no api-version (or ``preview``); anything else is refused as Azure does."""
     check_api_version(request.query_params.get("api-version"), v1=True)
 
@@ -532,8 +532,8 @@ def _get_file_row(svc: Service, file_id: str, dialect: Dialect) -> Any:
     return row
 
 
-def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
-    """``files.retrieve``."""
+async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
+    """``files.retrieve`` (on the event loop: one read on this thread's own connection, no thread hop)."""
     return render_file(_get_file_row(_service(request), file_id, _dialect(request)))
 
 
@@ -682,8 +682,8 @@ def _get_batch_row(svc: Service, batch_id: str, dialect: Dialect) -> Any:
     return row
 
 
-def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    """``batches.retrieve``: live status and request counts."""
+async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    """``batches.retrieve``: live status and request counts (on the event loop, like ``retrieve_file``)."""
     return render_batch(_get_batch_row(_service(request), batch_id, _dialect(request)))
 
 
@@ -948,6 +948,41 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+class EnvelopeMiddleware:
+    """Every API request: its dialect (``request.state.dialect``), the key check (a 401 in the
+    dialect's envelope), and an ``x-request-id`` on every answer.
+
+    Plain ASGI (not ``BaseHTTPMiddleware``): no extra task or body stream per request, so a status
+    call costs little more than its database read.
+    """
+
+    def __init__(self, app: Any, expected_key: bytes) -> None:
+        self.app = app
+        self.expected_key = expected_key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        dialect, _classic = route_dialect(scope.get("path", ""))
+        scope.setdefault("state", {})["dialect"] = dialect or "openai"
+        if dialect is not None and self.expected_key and not authorized(Request(scope), self.expected_key):
+            response = error_response(unauthorized(dialect), dialect)
+            response.headers["x-request-id"] = str(uuid.uuid4())
+            await response(scope, receive, send)
+            return
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves on this path (from the OpenAPI document's paths)."""
     import re
@@ -1008,19 +1043,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Any] = _
     #: An empty or blank key means "no key": nothing is checked (the CLI allows that on loopback only).
     expected_key = (settings.api_key or "").strip().encode()
 
-    @app.middleware("http")
-    async def envelope(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        dialect, _classic = route_dialect(request.url.path)
-        request.state.dialect = dialect or "openai"
-        response: Response
-        if dialect is not None and expected_key:
-            if not authorized(request, expected_key):
-                response = error_response(unauthorized(dialect), dialect)
-                response.headers["x-request-id"] = str(uuid.uuid4())
-                return response
-        response = await call_next(request)
-        response.headers.setdefault("x-request-id", str(uuid.uuid4()))
-        return response
+    app.add_middleware(EnvelopeMiddleware, expected_key=expected_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
