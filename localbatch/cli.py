@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthetic engine only: seconds added to every request (env LOCALBATCH_ENGINE_DELAY)")
     serve.add_argument("--max-concurrency", type=int, default=None,
                        help="requests run at once, at most the engine's own limit (default: the engine's limit)")
+    serve.add_argument("--subprocess-min-lines", type=int, default=5000, metavar="N",
+                       help="run batches of at least N requests on the synthetic engine in a separate process "
+                            "(default 5000; 0: never)")
+    serve.add_argument("--subprocess-min-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                       help="validate input files of at least N bytes in a separate process (default 4 MiB; 0: never)")
     serve.add_argument("--deployment", action="append", type=parse_deployment, default=None,
                        metavar="NAME=KIND[:MODEL_VERSION]",
                        help="declare a deployment, repeatable; KIND globalbatch or standard (env LOCALBATCH_DEPLOYMENTS, "
@@ -175,6 +180,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         file_processing_delay=args.file_processing_delay, validating_seconds=args.validating_seconds,
         finalizing_seconds=args.finalizing_seconds, completion_window_seconds=args.completion_window_seconds,
         token_quota=args.token_quota, max_file_bytes=args.max_file_bytes, max_concurrency=args.max_concurrency,
+        subprocess_min_lines=args.subprocess_min_lines, subprocess_min_bytes=args.subprocess_min_bytes,
         faults=args.faults, header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
     )
 

@@ -86,6 +86,11 @@ class Settings:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     #: Upper bound on requests run at once (None: the engine's own max_concurrency).
     max_concurrency: int | None = None
+    #: Batches of at least this many requests run on the synthetic engine in a process of their own
+    #: (off the HTTP server's interpreter lock, so status calls stay fast while they run).
+    subprocess_min_lines: int = 5000
+    #: Input files of at least this many bytes are validated in a process of their own.
+    subprocess_min_bytes: int = 4 * 1024 * 1024
     #: Scheduler poll interval in seconds.
     tick_seconds: float = 0.05
     #: Service-wide fault spec (JSON text, see localbatch.faults); a batch's own spec replaces it.

@@ -11,7 +11,8 @@ itself with SIGKILL, exactly as ``kill -9`` would, so tests can crash it mid-wri
 
 * ``upload``: a file upload has written part of its bytes (uploads of more than one 1 MiB chunk);
 * ``upload-renamed``: an upload is complete and renamed, its row not yet committed;
-* ``finalize``: a result file has written part of its bytes (its first chunk);
+* ``finalize``: a result file is under its staging name (a hard link of the batch's synced spool,
+  see :mod:`localbatch.store`), not yet renamed;
 * ``finalize-renamed``: a batch's result files are renamed, the batch not yet finished.
 """
 

@@ -1,14 +1,14 @@
 """Batch validation: the ``validating`` step, done with batchkit's validators (one implementation).
 
-``validate_input`` reads an input file once through ``batchkit.lint.lint_batch_file`` and either
-returns the batch-level errors (the batch fails) or the parsed requests, with a prepared 400 body
-for each line the model endpoint would reject, and the input-token count for the quota.
+``validate_input`` reads an input file once through batchkit's file lint and either returns the
+batch-level errors (the batch fails) or an index of the requests (custom_id, line, byte range in the
+file), with a prepared 400 body for each line the model endpoint would reject, and the input-token
+count for the quota.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ class BatchError:
 
 @dataclass
 class ParsedRequest:
-    """One valid input line: its custom_id, physical line, body and, if rejected, the 400 body."""
+    """One valid input line: its custom_id, physical line, where its bytes are in the input file
+    (``offset``, ``length``) and, if the model endpoint would reject it, the 400 body."""
 
     custom_id: str
     line: int
-    body: dict[str, Any]
+    offset: int
+    length: int
     reject: dict[str, Any] | None = None
 
 
@@ -62,51 +64,66 @@ def lint_deployments(settings: Settings, dialect: Dialect) -> dict[str, str]:
     return {d.name: "globalbatch" for d in settings.deployments}
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            yield number, raw
-
-
 def validate_input(path: Path, *, dialect: Dialect, endpoint: str, settings: Settings) -> Validation:
     """Validate the batch input file at ``path`` for a batch created with ``endpoint``.
 
-    Batch-scope findings of severity ``error`` become ``errors``; request-scope ones become a
-    400 body on their line's request. Warnings are ignored (the real services accept those files).
+    One streaming pass: every line goes through batchkit's file lint (`BatchFileLinter`, the code
+    of ``python -m batchkit lint``), its byte range is noted (the worker reads a request's body from
+    the file when it runs it, so bodies are never copied), and its body's input tokens are counted
+    for the quota. Batch-scope findings of severity ``error`` become ``errors``; request-scope ones
+    become a 400 body on their line's request. Warnings are ignored (the real services accept those
+    files).
     """
-    from batchkit.estimate import count_body_tokens
-    from batchkit.lint import lint_batch_file
+    from array import array
+
+    import orjson
+
+    from batchkit.estimate import BodyTokenCounter
+    from batchkit.lint import BatchFileLinter, _bounded_lines
 
     result = Validation()
     rejects: dict[int, dict[str, Any]] = {}
-    for finding in lint_batch_file(
-        path, target=dialect, deployments=lint_deployments(settings, dialect), endpoint=endpoint
-    ):
-        if finding.severity != "error":
-            continue
-        if finding.scope == "batch":
-            result.errors.append(BatchError(finding.code, finding.message, finding.param, finding.line))
-        elif finding.line is not None and finding.line not in rejects:
-            rejects[finding.line] = finding.error_body()
+    linter = BatchFileLinter(target=dialect, deployments=lint_deployments(settings, dialect), endpoint=endpoint)
+    counter = BodyTokenCounter()
+    offsets = array("q", [0])  # by line number (1-based); line n's bytes: offsets[n - 1] .. offsets[n]
+    feed, loads, add = linter.feed, orjson.loads, counter.add
+    position = 0
+
+    def note(findings: Any) -> None:
+        for finding in findings:
+            if finding.severity != "error":
+                continue
+            if finding.scope == "batch":
+                result.errors.append(BatchError(finding.code, finding.message, finding.param, finding.line))
+            elif finding.line is not None and finding.line not in rejects:
+                rejects[finding.line] = finding.error_body()
+
+    with path.open("rb") as handle:
+        for raw in _bounded_lines(handle):
+            size = getattr(raw, "size", None) or len(raw)  # an oversized line is skipped, not read
+            position += size
+            offsets.append(position)
+            found = feed(raw)
+            if found:
+                note(found)
+            if result.errors:
+                continue  # the batch fails: the rest is linted for its findings only
+            try:
+                body = loads(raw)["body"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                try:
+                    body = json.loads(raw)["body"]
+                except (ValueError, KeyError, TypeError):
+                    body = None  # a blank line, or a line the lint judged
+            if isinstance(body, dict):
+                add(body)
+    note(linter.close())
     if result.errors:
         return result
-
-    for number, raw in _lines(path):
-        try:
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-            if not text:
-                continue
-            item = json.loads(text)
-            custom_id, body = item["custom_id"], item["body"]
-        except (ValueError, KeyError, TypeError):
-            # The linter reports these as batch errors; this guards against a file that changed.
-            result.errors.append(BatchError("invalid_json_line", "This line is not parseable as valid JSON.",
-                                            None, number))
-            return result
-        result.requests.append(ParsedRequest(str(custom_id), number, body, rejects.get(number)))
-        if result.model is None and isinstance(body, dict):
-            result.model = str(body.get("model"))
-        if isinstance(body, dict):
-            result.tokens += count_body_tokens(body)
+    result.model = linter.first_model
+    result.tokens = counter.total
+    result.requests = [
+        ParsedRequest(custom_id, line, offsets[line - 1], offsets[line] - offsets[line - 1], rejects.get(line))
+        for custom_id, line in linter.seen.items()
+    ]
     return result
-

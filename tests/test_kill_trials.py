@@ -2,7 +2,7 @@
 
 Each trial starts the service on a data directory, runs one batch (some of its requests answered
 with injected HTTP errors, so both result files have lines), kills the service with SIGKILL at one
-moment, reads what the kill left straight from the database and the files folder, restarts the
+moment, reads what the kill left from the data directory (database, spools, files folder), restarts the
 service on the same directory and checks, through the openai SDK:
 
 * every custom_id of the input is in exactly one of the output and error files, exactly once;
@@ -37,6 +37,8 @@ from typing import Any
 
 import openai
 import pytest
+
+from localbatch.store import recorded_results
 
 from conftest import (
     API_KEY,
@@ -190,7 +192,7 @@ def _trial(moment: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, number:
 
     # What the kill left: the batch's status, its recorded results, bytes no live row refers to.
     (status,), = _read_db(data_dir, "SELECT status FROM batches WHERE id = ?", (batch.id,))
-    before = dict(_read_db(data_dir, "SELECT custom_id, line FROM results WHERE batch_id = ?", (batch.id,)))
+    before = recorded_results(data_dir, batch.id)
     live = {r[0] for r in _read_db(data_dir, "SELECT id FROM files WHERE deleted = 0", ())}
     left = stored_file_names(data_dir) - live
     if status != at_status:
@@ -211,7 +213,7 @@ def _trial(moment: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, number:
         handle.stop()
     lost = [c for c in ids if seen[c] == 0]
     doubled = [c for c in ids if seen[c] > 1] + [c for c in seen if c not in set(ids)]
-    changed = [c for c, line in before.items() if by_id.get(c) != json.loads(line)]
+    changed = [c for c, line in before.items() if by_id.get(c) != line]
     # Checked on every attempt, counted or not: a kill that missed its moment still lands somewhere.
     assert not lost and not doubled and not changed, (lost, doubled, changed)
     assert not orphans, f"files no File object lists after the restart: {orphans}"

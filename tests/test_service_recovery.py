@@ -16,22 +16,23 @@ from conftest import API_KEY, azure_client, chat_line, jsonl, raw, read_lines, u
 DELAY = 0.2
 
 
-def _start(data_dir: Path) -> Any:
+#: Where the batch's steps run: in the service's own threads, or in batch processes (large batches).
+WHERE = {"threads": [], "processes": ["--subprocess-min-lines", "1", "--subprocess-min-bytes", "1"]}
+
+
+def _start(data_dir: Path, where: str = "threads") -> Any:
     from localbatch.launcher import start_service
 
     return start_service(data_dir=data_dir, api_key=API_KEY, engine="synthetic", wait=60, extra_args=[
         "--engine-delay", str(DELAY), "--max-concurrency", "2", "--validating-seconds", "0.1",
-        "--file-processing-delay", "0.1", "--finalizing-seconds", "0.1"])
+        "--file-processing-delay", "0.1", "--finalizing-seconds", "0.1", *WHERE[where]])
 
 
-def _snapshot(data_dir: Path, batch_id: str) -> dict[str, str]:
-    """custom_id -> recorded result line, read straight from the service's database."""
-    db = sqlite3.connect(f"file:{data_dir / 'localbatch.sqlite3'}?mode=ro", uri=True)
-    try:
-        return {cid: line for cid, line in db.execute(
-            "SELECT custom_id, line FROM results WHERE batch_id = ?", (batch_id,))}
-    finally:
-        db.close()
+def _snapshot(data_dir: Path, batch_id: str) -> dict[str, Any]:
+    """custom_id -> recorded result line, read straight from the service's data directory."""
+    from localbatch.store import recorded_results
+
+    return recorded_results(data_dir, batch_id)
 
 
 def _runs(data_dir: Path, batch_id: str) -> dict[str, int]:
@@ -42,10 +43,11 @@ def _runs(data_dir: Path, batch_id: str) -> dict[str, int]:
         db.close()
 
 
-def test_kill_9_and_restart_resumes_without_losing_or_redoing_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", list(WHERE))
+def test_kill_9_and_restart_resumes_without_losing_or_redoing_work(tmp_path: Path, where: str) -> None:
     data_dir = tmp_path / "service"
     ids = [f"k{i:02d}" for i in range(30)]
-    handle = _start(data_dir)
+    handle = _start(data_dir, where)
     try:
         client = azure_client(handle)
         f = upload(client, jsonl([chat_line(c) for c in ids]))
@@ -57,12 +59,16 @@ def test_kill_9_and_restart_resumes_without_losing_or_redoing_work(tmp_path: Pat
         # A second batch still validating when the service dies must also resume.
         f2 = upload(client, jsonl([chat_line("late-1"), chat_line("late-2")]))
         second = client.batches.create(input_file_id=f2["id"], endpoint="/chat/completions", completion_window="24h")
+        # Requests are read from the input file as they run: deleting it must not cost the batch any.
+        client.files.delete(f["id"])
     finally:
         handle.kill()
     before = _snapshot(data_dir, batch.id)
     assert 8 <= len(before) < len(ids), "the kill must land mid-batch"
+    time.sleep(4 * DELAY)
+    assert _snapshot(data_dir, batch.id) == before, "nothing may go on recording once the service is dead"
 
-    handle = _start(data_dir)
+    handle = _start(data_dir, where)
     try:
         client = azure_client(handle)
         final = wait_batch(client, batch.id, timeout=60)
@@ -75,13 +81,13 @@ def test_kill_9_and_restart_resumes_without_losing_or_redoing_work(tmp_path: Pat
         # Lines finished before the kill are the very lines recorded then, and were not run again.
         by_id = {x["custom_id"]: x for x in outputs}
         for custom_id, line in before.items():
-            assert by_id[custom_id] == json.loads(line)
+            assert by_id[custom_id] == line
         runs = _runs(data_dir, batch.id)
         assert all(runs[c] == 1 for c in before), {c: runs[c] for c in before if runs[c] != 1}
         assert all(1 <= runs[c] <= 2 for c in ids)  # at most the in-flight ones ran twice
         late = wait_batch(client, second.id, timeout=60)
         assert late["status"] == "completed" and late["request_counts"]["completed"] == 2
-        data, _ = raw(client.files.with_raw_response.retrieve, f["id"])
+        data, _ = raw(client.files.with_raw_response.retrieve, f2["id"])
         assert data["status"] == "processed"
     finally:
         handle.stop()
