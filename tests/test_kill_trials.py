@@ -145,11 +145,17 @@ def _poll(check: Any, timeout: float = 30, step: float = 0.01) -> Any:
         time.sleep(step)
 
 
+def _results(client: Any, batch_id: str) -> int:
+    """Requests of the batch with a result so far (output or error)."""
+    counts = client.batches.retrieve(batch_id).request_counts
+    return counts.completed + counts.failed
+
+
 def _drive(moment: str, handle: Any, client: Any, batch_id: str, total: int, rng: random.Random) -> None:
     """Bring the batch to ``moment``; a kill from outside is sent here, a crash hook fires by itself."""
     crash_at = MOMENTS[moment][0]
     if moment == "upload":
-        _poll(lambda: client.batches.retrieve(batch_id).request_counts.completed >= 1)
+        _poll(lambda: _results(client, batch_id) >= 1)
         big = b"x" * (3 * 1024 * 1024) + b"\n"  # more than one chunk; never read whole
         with pytest.raises(openai.APIConnectionError):
             client.files.create(file=("big.jsonl", big), purpose="batch")
@@ -157,13 +163,13 @@ def _drive(moment: str, handle: Any, client: Any, batch_id: str, total: int, rng
         time.sleep(rng.uniform(0.0, 0.35))
     elif moment == "in_progress":
         target = rng.randint(1, total - 2)
-        _poll(lambda: client.batches.retrieve(batch_id).request_counts.completed >= target)
+        _poll(lambda: _results(client, batch_id) >= target)
     elif moment == "finalizing":
         _poll(lambda: client.batches.retrieve(batch_id).status == "finalizing")
         time.sleep(rng.uniform(0.0, 0.3))
     elif moment == "cancelling":
         target = rng.randint(1, 4)  # in_progress: a batch cancelled while validating has no requests
-        _poll(lambda: client.batches.retrieve(batch_id).request_counts.completed >= target)
+        _poll(lambda: _results(client, batch_id) >= target)
         assert client.batches.cancel(batch_id).status == "cancelling"
         time.sleep(rng.uniform(0.0, 0.2))
     if crash_at is None:
