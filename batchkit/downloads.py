@@ -116,12 +116,15 @@ def download_results(client: Any, batch: Any, *, caller: Any = None) -> Any:
     return result
 
 
-def download_input_lines(client: Any, batch: Any) -> list[dict[str, Any]]:
-    """The request lines of a batch, read back from its input file (ids in input order, schemas)."""
+def download_input_lines(client: Any, batch: Any, *, caller: Any = None) -> list[dict[str, Any]]:
+    """The request lines of a batch, read back from its input file (ids in input order, schemas);
+    the download is checked against the file object's `bytes` like a result file's."""
     from batchkit.results import parse_jsonl
 
     if isinstance(batch, str):
         batch = client.batches.retrieve(batch)
-    if not getattr(batch, "input_file_id", None):
+    file_id = getattr(batch, "input_file_id", None)
+    if not file_id:
         raise ResultsError(f"Batch {batch.id} has no input_file_id; pass the input table instead.")
-    return parse_jsonl(client.files.content(batch.input_file_id).content, source=f"input file {batch.input_file_id}")
+    data = download_verified(client, file_id, kind="input", batch_id=batch.id, caller=caller)
+    return parse_jsonl(data, source=f"input file {file_id}")

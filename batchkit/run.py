@@ -852,8 +852,7 @@ class Run:
         """Re-create the record of a follow-up attempt from its batch: its input file, read back."""
         if number != len(chunk["attempts"]) + 1 or not getattr(batch, "input_file_id", None):
             return None
-        data = caller.call(lambda: client.files.content(batch.input_file_id).content,
-                           what=f"read input file {batch.input_file_id}")
+        data = download_verified(client, batch.input_file_id, kind="input", batch_id=batch.id, caller=caller)
         name = _attempt_name(chunk["attempts"][0]["path"], number)
         atomic_write_bytes(self.folder / name, data)
         lines = [json.loads(raw) for raw in data.splitlines() if raw.strip()]

@@ -15,6 +15,7 @@ from batchkit.results import (
     ResultFiles,
     answer_table,
     classify_line,
+    download_input_lines,
     download_results,
     failed_rows,
     outcome_counts,
@@ -190,6 +191,13 @@ def test_the_results_module_download_is_the_checked_one() -> None:
     with pytest.raises(DownloadError, match="file-out of batch batch_4 came back wrong 2 times"):
         download_results(SimpleNamespace(files=short), batch, caller=_NoWait())
     assert short.asked == ["file-out", "file-out"]
+    requests = (FIXTURES / "output.jsonl").read_bytes()  # (any JSONL: only its length is checked here)
+    with pytest.raises(DownloadError, match="input file file-in of batch batch_5"):
+        download_input_lines(SimpleNamespace(files=_Files({"file-in": requests}, cut=10)),
+                             SimpleNamespace(id="batch_5", input_file_id="file-in"), caller=_NoWait())
+    whole = _Files({"file-in": requests})
+    assert len(download_input_lines(SimpleNamespace(files=whole), SimpleNamespace(id="batch_5", input_file_id="file-in"),
+                                    caller=_NoWait())) == 6
 
 
 class _NoWait:
