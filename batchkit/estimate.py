@@ -18,10 +18,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import abc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+import msgspec
 import orjson
 
 from batchkit.schema import Finding
@@ -83,6 +85,10 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+#: What counts as a mapping in a body: a dict first (a cheap check), else any Mapping.
+_MAPPINGS = (dict, abc.Mapping)
+
+
 def _body_texts(body: Mapping[str, Any]) -> tuple[list[str], int]:
     """The texts of a chat body to tokenise, and the fixed overhead tokens."""
     texts, structured, overhead = _body_parts(body)
@@ -98,7 +104,7 @@ def _body_parts(body: Mapping[str, Any]) -> tuple[list[str], list[Any], int]:
     messages = body.get("messages")
     if isinstance(messages, list):
         for msg in messages:
-            if not isinstance(msg, Mapping):
+            if not isinstance(msg, _MAPPINGS):
                 continue
             overhead += TOKENS_PER_MESSAGE
             for key, value in msg.items():
@@ -108,7 +114,7 @@ def _body_parts(body: Mapping[str, Any]) -> tuple[list[str], list[Any], int]:
                     texts.append(value)
                 elif key == "content" and isinstance(value, list):
                     for part in value:
-                        if not isinstance(part, Mapping):
+                        if not isinstance(part, _MAPPINGS):
                             continue
                         if isinstance(part.get("text"), str):
                             texts.append(part["text"])
@@ -127,7 +133,7 @@ def _body_parts(body: Mapping[str, Any]) -> tuple[list[str], list[Any], int]:
             texts.append(value)
         elif isinstance(value, list):
             for item in value:
-                if not isinstance(item, Mapping):
+                if not isinstance(item, _MAPPINGS):
                     continue
                 overhead += TOKENS_PER_MESSAGE
                 content = item.get("content")
@@ -137,9 +143,9 @@ def _body_parts(body: Mapping[str, Any]) -> tuple[list[str], list[Any], int]:
                     texts.append(content)
                 elif isinstance(content, list):
                     for part in content:
-                        if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                        if isinstance(part, _MAPPINGS) and isinstance(part.get("text"), str):
                             texts.append(part["text"])
-                        elif isinstance(part, Mapping) and part.get("type") == "input_image":
+                        elif isinstance(part, _MAPPINGS) and part.get("type") == "input_image":
                             overhead += IMAGE_PART_TOKENS
     schema = _body_schema(body)
     if schema is not None:
@@ -147,6 +153,25 @@ def _body_parts(body: Mapping[str, Any]) -> tuple[list[str], list[Any], int]:
     if body.get("tools"):
         structured.append(body["tools"])
     return texts, structured, overhead
+
+
+class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: str
+
+
+class _CommonBody(msgspec.Struct):
+    messages: list[_PlainMessage] = []
+    response_format: msgspec.Raw = msgspec.UNSET
+    tools: msgspec.Raw = msgspec.UNSET
+    text: msgspec.Raw = msgspec.UNSET
+
+
+class _CommonLine(msgspec.Struct):
+    body: _CommonBody
+
+
+_LINE_DECODER = msgspec.json.Decoder(_CommonLine)
 
 
 class BodyTokenCounter:
@@ -165,12 +190,13 @@ class BodyTokenCounter:
         self._pending: list[str] = []
         self._structured: dict[bytes, int] = {}
         self._waiting: dict[bytes, list[Any]] = {}  # structured parts not counted yet: [text, times]
+        self._raw: dict[bytes, int] = {}  # add_line: a raw response_format or tools -> its tokens
         self._sum = 0
 
     def add(self, body: Mapping[str, Any]) -> None:
         """Count one body (the same number `count_body_tokens(body)` gives; the tokenizer runs later,
         in batches)."""
-        if not isinstance(body, Mapping):
+        if not isinstance(body, _MAPPINGS):
             raise TypeError(f"body must be a dict, got {type(body).__name__}")
         texts, structured, overhead = _body_parts(body)
         self._sum += overhead
@@ -192,6 +218,37 @@ class BodyTokenCounter:
                 self._pending.append(_compact(value))
         if len(self._pending) >= self._flush_every:
             self._flush()
+
+    def add_line(self, raw: bytes) -> bool:
+        """Count the body of one batch input line given as JSON bytes, when it has the common shape
+        (a chat body whose messages are plain role + text content); False, counting nothing, when it
+        does not: parse the line and `add` its body instead. The same number either way."""
+        try:
+            body = _LINE_DECODER.decode(raw).body
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if body.text is not msgspec.UNSET or not body.messages:
+            return False
+        self._sum += REPLY_PRIMER_TOKENS + TOKENS_PER_MESSAGE * len(body.messages)
+        pending = self._pending
+        for message in body.messages:
+            pending.append(message.role)
+            pending.append(message.content)
+        for raw_part, schema in ((body.response_format, True), (body.tools, False)):
+            if raw_part is msgspec.UNSET:
+                continue
+            key = bytes(raw_part)
+            known = self._raw.get(key)
+            if known is None:
+                value = orjson.loads(key)
+                part = _body_schema({"response_format": value}) if schema else (value or None)
+                known = self._raw[key] = 0 if part is None else count_texts([_compact(part)], self.encoding)[0]
+                if len(self._raw) > 1024:
+                    self._raw.clear()
+            self._sum += known
+        if len(pending) >= self._flush_every:
+            self._flush()
+        return True
 
     def _flush(self) -> None:
         if self._waiting:
@@ -224,7 +281,7 @@ def count_body_tokens(body: Mapping[str, Any], encoding: str = "o200k_base") -> 
         The estimated prompt tokens the service will bill for the request (exact for the
         message texts; the framing and schema parts are estimates, see the module docstring).
     """
-    if not isinstance(body, Mapping):
+    if not isinstance(body, _MAPPINGS):
         raise TypeError(f"body must be a dict, got {type(body).__name__}")
     texts, overhead = _body_texts(body)
     return overhead + sum(count_texts(texts, encoding))
@@ -299,13 +356,13 @@ def _output_bound(body: Mapping[str, Any]) -> int | None:
 def _body_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The output schema of a chat (``response_format``) or Responses (``text.format``) body."""
     rf = body.get("response_format")
-    if isinstance(rf, Mapping) and rf.get("type") == "json_schema":
+    if isinstance(rf, _MAPPINGS) and rf.get("type") == "json_schema":
         js = rf.get("json_schema")
-        if isinstance(js, Mapping) and isinstance(js.get("schema"), Mapping):
+        if isinstance(js, _MAPPINGS) and isinstance(js.get("schema"), _MAPPINGS):
             return js["schema"]
     text = body.get("text")
-    fmt = text.get("format") if isinstance(text, Mapping) else None
-    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), Mapping):
+    fmt = text.get("format") if isinstance(text, _MAPPINGS) else None
+    if isinstance(fmt, _MAPPINGS) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), _MAPPINGS):
         return fmt["schema"]
     return None
 

@@ -86,7 +86,7 @@ def validate_input(path: Path, *, dialect: Dialect, endpoint: str, settings: Set
     linter = BatchFileLinter(target=dialect, deployments=lint_deployments(settings, dialect), endpoint=endpoint)
     counter = BodyTokenCounter()
     offsets = array("q", [0])  # by line number (1-based); line n's bytes: offsets[n - 1] .. offsets[n]
-    feed, loads, add = linter.feed, orjson.loads, counter.add
+    feed, loads, add, add_line = linter.feed, orjson.loads, counter.add, counter.add_line
     position = 0
 
     def note(findings: Any) -> None:
@@ -108,6 +108,8 @@ def validate_input(path: Path, *, dialect: Dialect, endpoint: str, settings: Set
                 note(found)
             if result.errors:
                 continue  # the batch fails: the rest is linted for its findings only
+            if add_line(raw):
+                continue
             try:
                 body = loads(raw)["body"]
             except (orjson.JSONDecodeError, KeyError, TypeError):

@@ -190,7 +190,16 @@ def test_the_bulk_counter_gives_the_sum_of_the_per_body_counts() -> None:
                    "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]})
     bodies.append({"model": "m", "instructions": "Answer in JSON.", "input": "a Responses body",
                    "text": {"format": {"type": "json_schema", "name": "x", "schema": schema, "strict": True}}})
+    expected = sum(count_body_tokens(b) for b in bodies)
     counter = BodyTokenCounter(flush_every=100)
     for body in bodies:
         counter.add(body)
-    assert counter.total == sum(count_body_tokens(b) for b in bodies)
+    assert counter.total == expected
+    # From the lines' bytes: the common shape is decoded directly, the rest is declined (then added).
+    lines = [json.dumps({"custom_id": str(i), "body": b}).encode() for i, b in enumerate(bodies)]
+    counter = BodyTokenCounter(flush_every=100)
+    declined = [i for i, raw in enumerate(lines) if not counter.add_line(raw)]
+    assert declined == [300, 301]
+    for i in declined:
+        counter.add(bodies[i])
+    assert counter.total == expected
