@@ -517,6 +517,8 @@ async def upload_file(request: Request) -> dict[str, Any]:
     except BaseException:
         upload.discard()
         raise
+    if purpose == "batch" and 0 < svc.settings.subprocess_min_bytes <= size:
+        svc.worker.prepare_validator()  # warm while the client goes on to create the batch
     return render_file(row)
 
 

@@ -116,6 +116,7 @@ class Worker:
         self._control = ThreadPoolExecutor(1, thread_name_prefix="localbatch-control")
         self._runners: set[str] = set()
         self._children: set[Any] = set()
+        self._validator: Any = None  # a warm batch process for validations (see prepare_validator)
         self._inline_slots = threading.BoundedSemaphore(self.concurrency)
         self._control_busy: set[str] = set()
         self._lock = threading.Lock()
@@ -141,6 +142,7 @@ class Worker:
             children = list(self._children)
         for child in children:  # what it had not committed runs again after a restart
             child.terminate()
+        self._drop_validator()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._control.shutdown(wait=False, cancel_futures=True)
 
@@ -222,6 +224,48 @@ class Worker:
         minimum = self.settings.subprocess_min_lines
         return (self.parent is None and self.settings.engine == "synthetic" and minimum > 0
                 and batch["total"] >= minimum)
+
+    def prepare_validator(self) -> None:
+        """Start the validation process soon if it is not running (its imports and tokenizer load
+        take about a second): called when a file large enough to be validated there is uploaded."""
+        if self.parent is None and self.settings.subprocess_min_bytes > 0 and self._validator is None:
+            self._control.submit(self._start_validator)
+
+    def _start_validator(self) -> None:
+        # On the control thread, which lives as long as the worker: the kernel's parent-death signal
+        # follows the thread that started a process, so it must not be a short-lived one.
+        with self._lock:
+            if self._validator is None and not self._stop.is_set():
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                self._validator = ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_validator,
+                    initargs=(os.getpid(),))
+                self._validator.submit(int)  # start the process (and its warm-up) at once
+
+    def _drop_validator(self) -> None:
+        with self._lock:
+            pool, self._validator = self._validator, None
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _validate_in_child(self, batch_id: str) -> None:
+        """Validate in the warm validation process (started if need be); a broken one is replaced."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        self._start_validator()
+        with self._lock:
+            pool = self._validator
+        if pool is None:
+            return
+        try:
+            pool.submit(batch_process_main, self.settings, "validate", batch_id, os.getpid()).result()
+        except BrokenProcessPool:
+            log.error("the validation process of %s died; the step runs again", batch_id)
+            self._drop_validator()
 
     def _in_child(self, action: str, batch_id: str) -> None:
         """Run ``action`` (``run`` or ``validate``) for ``batch_id`` in a batch process and wait for it."""
@@ -400,7 +444,7 @@ class Worker:
         path = self.store.file_path(batch["input_file_id"])
         minimum = self.settings.subprocess_min_bytes
         if self.parent is None and minimum > 0 and path.exists() and path.stat().st_size >= minimum:
-            self._in_child("validate", batch_id)
+            self._validate_in_child(batch_id)
             return
         if self.store.get_file(batch["input_file_id"]) is None or not path.exists():
             self._fail(batch_id, [{"code": "invalid_request", "param": "input_file_id", "line": None,
@@ -493,6 +537,15 @@ def _die_with_parent(parent: int) -> None:
         pass  # elsewhere the runner checks its parent between rounds
     if os.getppid() != parent:
         os._exit(1)
+
+
+def _warm_validator(parent: int) -> None:
+    """The validation process's start: die with the service, import the lint and load the tokenizer."""
+    _die_with_parent(parent)
+    from batchkit.estimate import count_texts
+    from batchkit.lint import BatchFileLinter  # noqa: F401
+
+    count_texts(["warm"])
 
 
 def batch_process_main(settings: Settings, action: str, batch_id: str, parent: int) -> None:
