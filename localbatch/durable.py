@@ -1,8 +1,9 @@
 """File bytes that are either whole or absent, and a crash hook to prove it.
 
-Every file the service writes (an upload, a batch's output or error file) is written to a temporary
-name in the same folder (:func:`staging_path`), flushed to disk and renamed to its final name only
-when complete; its database row is committed after the rename. A crash at any moment therefore
+Every file the service writes (an upload, a batch's output or error file) is made under a temporary
+name in the same folder (:func:`staging_path`): an upload is written there and flushed to disk, a
+result file is a hard link to the batch's committed result spool; it is renamed to its final name
+only when complete, and its database row is committed after the rename. A crash at any moment therefore
 leaves either nothing, a temporary file, or a complete file without a row: none of them is listed,
 and the start-up sweep (:meth:`localbatch.store.Store.remove_orphan_files`) removes them all.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -29,8 +29,6 @@ log = logging.getLogger("localbatch.durable")
 
 CRASH_ENV = "LOCALBATCH_CRASH_AT"
 CRASH_MOMENTS = ("upload", "upload-renamed", "finalize", "finalize-renamed")
-#: Bytes written per call when writing a result file.
-WRITE_CHUNK = 1024 * 1024
 
 
 @cache
@@ -65,36 +63,3 @@ def sync_and_rename(staged: Path, final: Path) -> None:
     finally:
         os.close(fd)
     os.replace(staged, final)
-
-
-def write_complete(final: Path, chunks: Iterable[bytes | memoryview], *, crash_moment: str | None = None) -> int:
-    """Write ``chunks`` to ``final`` through its staging name; returns the byte count.
-
-    ``final`` appears only complete; on an error the staging file is removed. ``crash_moment`` is
-    the :func:`crash_point` checked after the first chunk is written.
-    """
-    staged = staging_path(final)
-    size = 0
-    try:
-        with staged.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                size += len(chunk)
-                if crash_moment is not None:
-                    out.flush()
-                    crash_point(crash_moment)
-                    crash_moment = None
-        sync_and_rename(staged, final)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    return size
-
-
-def chunked(data: bytes, size: int = WRITE_CHUNK) -> Iterable[memoryview]:
-    """``data`` in slices of at most ``size`` bytes (one empty slice for empty data)."""
-    view = memoryview(data)
-    if not data:
-        yield view
-    for start in range(0, len(data), size):
-        yield view[start:start + size]

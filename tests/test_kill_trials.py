@@ -11,8 +11,8 @@ service on the same directory and checks, through the openai SDK:
 
 Moments: ``upload`` (the service kills itself mid-upload, ``LOCALBATCH_CRASH_AT=upload``, while the
 batch runs), ``validating``, ``in_progress``, ``finalizing`` (the wait before the files are written),
-``finalize-write`` (mid result file, ``LOCALBATCH_CRASH_AT=finalize``), ``finalize-renamed`` (files
-complete, batch not finished), ``cancelling``. ``validating``, ``in_progress``, ``finalizing`` and
+``finalize-staged`` (a result file under its staging name, ``LOCALBATCH_CRASH_AT=finalize``),
+``finalize-renamed`` (files complete, batch not finished), ``cancelling``. ``validating``, ``in_progress``, ``finalizing`` and
 ``cancelling`` are kills from outside (SIGKILL to the pid) at a random point of that status.
 
 ``KILL_TRIALS`` (default 1) sets the trials per moment; ``KILL_TRIALS_REPORT=path`` writes the
@@ -66,7 +66,7 @@ MOMENTS: dict[str, tuple[str | None, str | None, str, float]] = {
     "validating": (None, "validating", "completed", 0.005),
     "in_progress": (None, "in_progress", "completed", 0.02),
     "finalizing": (None, "finalizing", "completed", 0.005),
-    "finalize-write": ("finalize", "finalizing", "completed", 0.005),
+    "finalize-staged": ("finalize", "finalizing", "completed", 0.005),
     "finalize-renamed": ("finalize-renamed", "finalizing", "completed", 0.005),
     "cancelling": (None, "cancelling", "cancelled", 0.3),
 }
@@ -204,7 +204,7 @@ def _trial(moment: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, number:
     if status != at_status:
         figures.missed += 1
     elif crash_at is not None:
-        assert left, f"the crash at {crash_at} left no partial or unrecorded file"
+        assert left, f"the crash at {crash_at} left no staging or unrecorded file"
 
     handle = _start(data_dir, monkeypatch, None, delay)
     try:

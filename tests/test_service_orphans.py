@@ -116,7 +116,7 @@ def test_a_crash_mid_finalize_leaves_no_orphan_after_restart(tmp_path: Path, mon
         handle.kill()
     assert _status(data_dir, batch.id) == "finalizing"
     left = stored_file_names(data_dir) - {f["id"]}
-    if moment == "finalize":  # the output file, partly written under its staging name
+    if moment == "finalize":  # the output file under its staging name, not yet renamed
         assert len(left) == 1 and all(n.startswith(".") and n.endswith(".part") for n in left), left
     else:  # the output and (empty, Azure) error files, complete, renamed and never recorded
         assert len(left) == 2 and all(n.startswith("file-") for n in left), left
