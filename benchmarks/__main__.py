@@ -14,6 +14,7 @@ of the ``llama`` group, as long as they exist and no bench module has taken thei
     python -m benchmarks                 # everything, full sizes
     python -m benchmarks --quick         # small sizes (a check that every benchmark runs)
     python -m benchmarks --only parse    # one group (repeatable); the other groups' tables stay
+    python -m benchmarks --only llama --rounds 1   # fewer repeats where a benchmark takes them
     python -m benchmarks --no-write      # print only
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -84,7 +86,7 @@ def _legacy_rows(name: str, group: str, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def run_all(*, quick: bool, only: list[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+def run_all(*, quick: bool, only: list[str] | None, rounds: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Every module's rows (and the failures, as text), in module order."""
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -96,7 +98,8 @@ def run_all(*, quick: bool, only: list[str] | None) -> tuple[list[dict[str, Any]
             continue
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
-            found = module.run(quick=quick)
+            takes_rounds = rounds is not None and "rounds" in inspect.signature(module.run).parameters
+            found = module.run(quick=quick, rounds=rounds) if takes_rounds else module.run(quick=quick)
         except Exception:  # one broken benchmark must not hide the others
             failures.append(f"{name}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}")
             continue
@@ -229,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
     parser.add_argument("--only", action="append", metavar="GROUP", help="run only this group (repeatable)")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="repeats for the benchmarks that take them (e.g. llama), instead of their default")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/performance.md alone")
     args = parser.parse_args(argv)
     machine = _machine()
-    rows, failures = run_all(quick=args.quick, only=args.only)
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
+    rows, failures = run_all(quick=args.quick, only=args.only, rounds=args.rounds)
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
+        f" --rounds {args.rounds}" if args.rounds else "") + "".join(
         f" --only {g}" for g in args.only or [])
     keep = _old_groups(DOC) if args.only else None
     section = generated_section(rows, failures, command, machine, keep=keep)
