@@ -334,7 +334,11 @@ class Worker:
         source = self.store.input_path(batch_id)
         if not source.exists():
             source = self.store.file_path(batch["input_file_id"])
-        fd = os.open(source, os.O_RDONLY)
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except FileNotFoundError:
+            self._input_gone(batch_id, dialect)
+            return
         queue: deque[Task] = deque()
         inflight: dict[Future[Any], Task] = {}
         buffer: list[Any] = []
@@ -394,6 +398,16 @@ class Worker:
             self.store.record_results(batch_id, buffer)
         finally:
             os.close(fd)
+
+    def _input_gone(self, batch_id: str, dialect: Dialect) -> None:
+        """The batch's link to its input bytes was removed from the data directory: each request left
+        gets a 500 error line saying so (every custom_id still ends up in a result file once)."""
+        path = self.store.input_path(batch_id)
+        log.error("%s is gone: the requests of %s without a result are answered with an error", path, batch_id)
+        body = {"error": {"message": f"The service lost this batch's copy of its input file ({path}), so this "
+                                     "request could not be read. Submit it again in a new batch.",
+                          "type": "server_error", "param": None, "code": None}}
+        self.store.record_not_run(batch_id, lambda custom_id: response_line(dialect, custom_id, 500, body))
 
     def _unindexed(self, batch_id: str, recorded: int, total: int) -> None:
         """An in_progress batch with fewer results than requests and nothing left to run (one stored

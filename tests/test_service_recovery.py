@@ -110,3 +110,37 @@ def test_stopping_a_detached_service_started_here_reaps_it(tmp_path: Path) -> No
     handle.stop(timeout=30)
     with pytest.raises(ChildProcessError):  # already waited for: no zombie left behind
         os.waitpid(handle.pid, os.WNOHANG)
+
+
+def test_a_batch_whose_input_bytes_are_gone_after_a_crash_still_answers_every_request(tmp_path: Path) -> None:
+    data_dir = tmp_path / "service"
+    ids = [f"g{i:02d}" for i in range(20)]
+    handle = _start(data_dir)
+    try:
+        client = azure_client(handle)
+        f = upload(client, jsonl([chat_line(c) for c in ids]))
+        batch = client.batches.create(input_file_id=f["id"], endpoint="/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 30
+        while client.batches.retrieve(batch.id).request_counts.completed < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        handle.kill()
+    before = _snapshot(data_dir, batch.id)
+    assert 3 <= len(before) < len(ids)
+    (data_dir / "spool" / f"{batch.id}.input").unlink()  # the bytes are gone from the data directory
+    (data_dir / "files" / f["id"]).unlink()
+
+    handle = _start(data_dir)
+    try:
+        client = azure_client(handle)
+        final = wait_batch(client, batch.id, timeout=60)
+        assert final["status"] == "completed"
+        outputs = read_lines(client, final["output_file_id"])
+        errors = read_lines(client, final["error_file_id"])
+        assert sorted(x["custom_id"] for x in outputs + errors) == ids  # each exactly once
+        assert {x["custom_id"] for x in outputs} == set(before)
+        assert errors and all(e["response"]["status_code"] == 500 and "input file" in
+                              e["response"]["body"]["error"]["message"] for e in errors)
+    finally:
+        handle.stop()
