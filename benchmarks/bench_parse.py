@@ -31,17 +31,10 @@ import orjson
 import pandas as pd
 
 from benchmarks._common import compare, main_for, median_seconds, peak_mib, row
+from benchmarks.buildings import INTEGER_HEIGHT_SCHEMA
 
 GROUP = "parse"
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "BuildingName": {"type": "string"}, "HeightInFeet": {"type": "integer"},
-        "City": {"type": "string"}, "Country": {"type": "string"},
-    },
-    "required": ["BuildingName", "HeightInFeet", "City", "Country"],
-    "additionalProperties": False,
-}
+SCHEMA = INTEGER_HEIGHT_SCHEMA
 
 
 def write_output(path: Path, n: int) -> None:

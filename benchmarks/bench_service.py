@@ -38,6 +38,7 @@ if __package__ in (None, ""):
 import orjson
 
 from benchmarks._common import main_for, row
+from benchmarks.buildings import INTEGER_HEIGHT_SCHEMA, SYSTEM_PROMPT
 
 GROUP = "service"
 API_KEY = "bench-service-key"
@@ -47,16 +48,8 @@ FAST_INTERVAL = 0.1
 SLOW_INTERVAL = 2.0
 #: Seconds the finished batch is polled the same way on the idle service (the latency baseline).
 IDLE_SECONDS = 8.0
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "BuildingName": {"type": "string"}, "HeightInFeet": {"type": "integer"},
-        "City": {"type": "string"}, "Country": {"type": "string"},
-    },
-    "required": ["BuildingName", "HeightInFeet", "City", "Country"],
-    "additionalProperties": False,
-}
-SYSTEM = "You are an AI assistant that provides facts about tall buildings."
+SCHEMA = INTEGER_HEIGHT_SCHEMA
+SYSTEM = SYSTEM_PROMPT
 
 
 def request_line(i: int) -> dict[str, Any]:

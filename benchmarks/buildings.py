@@ -23,6 +23,12 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+#: The same fields with the height as an integer: the schema the parse and service benchmarks type
+#: their answers by (an integer column, as a user's numeric field would be).
+INTEGER_HEIGHT_SCHEMA: dict[str, Any] = {
+    **SCHEMA, "properties": {**SCHEMA["properties"], "HeightInFeet": {"type": "integer"}},
+}
+
 # custom_id -> (user prompt, name word, accepted cities, accepted countries, height in ft, height in m)
 BUILDINGS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], float, float]] = {
     "empire-state": (

@@ -271,12 +271,8 @@ def _healthz_pid(url: str, timeout: float = 2.0) -> int | None:
 
 def _is_service_process(pid: int) -> bool:
     """True when ``pid`` lives and (where /proc tells) runs ``localbatch serve``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not _alive(pid):
         return False
-    except PermissionError:
-        return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():
         return True
@@ -298,8 +294,8 @@ def _alive(pid: int) -> bool:
         return True
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
+    except OSError:  # gone meanwhile, or a system without /proc (then the signal is all there is)
+        return not Path("/proc/self/status").exists()
     return "\nState:\tZ" not in status
 
 
