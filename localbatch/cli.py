@@ -31,6 +31,7 @@ from .config import (
     is_loopback,
     parse_deployment,
 )
+from .processes import alive
 
 
 def _engine_option(text: str) -> tuple[str, object]:
@@ -271,7 +272,7 @@ def _healthz_pid(url: str, timeout: float = 2.0) -> int | None:
 
 def _is_service_process(pid: int) -> bool:
     """True when ``pid`` lives and (where /proc tells) runs ``localbatch serve``."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():
@@ -281,22 +282,6 @@ def _is_service_process(pid: int) -> bool:
     except OSError:
         return True
     return b"localbatch" in words and b"serve" in words
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs. A zombie (ended, not yet reaped by its parent, e.g. the notebook
-    kernel that started a detached service) has stopped: nothing is left to wait for."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # gone meanwhile, or a system without /proc (then the signal is all there is)
-        return not Path("/proc/self/status").exists()
-    return "\nState:\tZ" not in status
 
 
 def _end(pid: int, timeout: float) -> None:
@@ -309,7 +294,7 @@ def _end(pid: int, timeout: float) -> None:
                 return
         except ChildProcessError:
             pass
-        if not _alive(pid):
+        if not alive(pid):
             return
         time.sleep(0.05)
     try:

@@ -53,6 +53,7 @@ from ._common import (
     schema_violation,
     wants_json,
 )
+from ..processes import alive
 from .base import EngineRequestError
 
 __all__ = [
@@ -212,22 +213,12 @@ def _state_folder() -> Path:
     root = Path(tempfile.gettempdir())
     for entry in root.glob(_STATE_PREFIX + "*"):
         pid = entry.name[len(_STATE_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and entry.is_dir() \
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)) and entry.is_dir() \
                 and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
             shutil.rmtree(entry, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{_STATE_PREFIX}{os.getpid()}-", dir=root))
     atexit.register(shutil.rmtree, folder, True)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ensure_folder(folder: Path) -> None:
